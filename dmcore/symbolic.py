@@ -43,7 +43,7 @@ from typing import Callable, Sequence
 import sympy as sp
 
 __all__ = [
-    "p", "q", "T", "lam", "beta",
+    "p", "q", "T", "lam", "beta", "psi", "alpha", "eta",
     "LOSSES", "EDFS", "Derivation", "derive", "derivative_magnitude", "gradient_scale",
     "loss_of_p", "edf_expression", "emphasis_mode", "variance_uniform", "readable",
 ]
@@ -57,6 +57,10 @@ T = sp.Symbol("T", positive=True)
 #: DM's emphasis mode parameter lambda and spread parameter beta: w = exp(beta p^lambda (1 - p)).
 lam = sp.Symbol("lambda", positive=True)
 beta = sp.Symbol("beta", positive=True)
+#: The normal-like EDF's mode psi, and the beta-density-like EDF's exponents alpha and eta.
+psi = sp.Symbol("psi", positive=True)
+alpha = sp.Symbol("alpha", positive=True)
+eta = sp.Symbol("eta", positive=True)
 
 
 def _one_hot(j: int, y: int) -> int:
@@ -77,10 +81,14 @@ LOSSES: dict[str, Callable[[Sequence[sp.Expr], int], sp.Expr]] = {
     "gce": lambda P, y: (1 - P[y] ** q) / q,
 }
 
-#: Emphasis density functions that are defined directly as weights (no loss behind them).
+#: Emphasis density functions that are defined directly as weights (no loss behind them):
+#: IMAE's, DM's main form, and the three the DM paper derives from probability densities.
 EDFS: dict[str, sp.Expr] = {
     "imae": sp.exp(T * p * (1 - p)),
     "dm": sp.exp(beta * p**lam * (1 - p)),
+    "normal": sp.exp(-beta * p * (p - 2 * psi)),
+    "exponential": sp.exp(beta * (1 - p)),
+    "beta_density": p ** (alpha - 1) * (1 - p) ** (eta - 1),
 }
 
 
@@ -221,6 +229,7 @@ def emphasis_mode(weight: sp.Expr) -> sp.Expr:
     Raises:
         ValueError: when SymPy cannot decide the comparison; substitute numbers for the parameters.
     """
+    weight = sp.nsimplify(weight, rational=True)  # exact exponents: p**0.5 -> sqrt(p)
     stationary = []
     for s in sp.solve(sp.diff(weight, p), p):
         inside = sp.And(sp.simplify(s) > 0, sp.simplify(1 - s) > 0)
