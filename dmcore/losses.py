@@ -163,9 +163,9 @@ def _parts_torch(input, target, num_classes, ignore_index, compute):
     """The reference producer, any device and dtype (PyTorch ops).
 
     Returns ``buf`` (the softmax over the other classes times ``norm``, zero at the label and for
-    ignored elements), ``p``, ``1 - p``, ``log p`` and ``norm`` per element, and the safe label index;
-    raises for bad targets or logits. One synchronisation, plus an exact recomputation of the
-    elements whose ``1 - p`` underflows (``p = 1`` to working precision).
+    ignored elements), ``p``, ``log p`` and ``norm`` per element, and the safe label index; raises for
+    bad targets or logits. One synchronisation, plus an exact recomputation of the elements whose
+    ``1 - p`` underflows (``p = 1`` to working precision).
     """
     tiny = torch.finfo(compute).tiny
     safe, counted, out_of_range = _targets(target, num_classes, ignore_index)
@@ -197,30 +197,36 @@ def _parts_torch(input, target, num_classes, ignore_index, compute):
         norm = norm.masked_fill(underflow, 1.0)
     norm = torch.where(counted, norm, 1.0)            # ignored elements: scale 0 anyway
     log_p = torch.where(one_minus_p < 0.5, torch.log1p(-one_minus_p), torch.log(p))
-    return buf, torch.where(counted, p, 0.0), one_minus_p, log_p, norm, safe
+    return buf, torch.where(counted, p, 0.0), log_p, norm, safe
+
+
+def _scale_torch(buf, index, k, norm):
+    """The gradient from the buffer: ``buf * k / norm`` off the label, ``-k`` at it (in place)."""
+    buf.mul_((k / norm).unsqueeze(1))
+    buf.scatter_(1, index.unsqueeze(1), (-k).unsqueeze(1))
+    return buf
 
 
 def _parts_kernel(kernel, input, target, num_classes, ignore_index):
-    """The same outputs as :func:`_parts_torch` from the compiled CPU kernel (float32, one pass),
-    except that the last is the target itself (the kernel skips ignored elements)."""
+    """The outputs of :func:`_parts_torch` from the compiled CPU kernel (float32, one pass), except
+    that the last is the target itself (the kernel skips ignored elements)."""
     x = input.contiguous()
     t = target.contiguous().long()
     n, spatial = x.shape[0], math.prod(x.shape[2:])
     buf = torch.empty_like(x)
-    p, one_minus_p, odds, norm = (torch.empty(t.shape, dtype=x.dtype) for _ in range(4))
+    p, odds, norm = (torch.empty(t.shape, dtype=x.dtype) for _ in range(3))
     kernel.edf_forward_f32(x.data_ptr(), t.data_ptr(), n, num_classes, spatial, ignore_index, buf.data_ptr(),
-                           p.data_ptr(), one_minus_p.data_ptr(), odds.data_ptr(), norm.data_ptr(),
-                           torch.get_num_threads())
+                           p.data_ptr(), odds.data_ptr(), norm.data_ptr(), torch.get_num_threads())
     low, high = torch.stack(torch.aminmax(p)).tolist() if p.numel() else (0.0, 0.0)
     if low < 0 or math.isnan(high):  # the kernel marks bad targets with p = -1 and bad logits with NaN
         safe, counted, out_of_range = _targets(target, num_classes, ignore_index)
         _raise_for(out_of_range, target, num_classes, ignore_index, counted & torch.isnan(p))
-    return buf, p, one_minus_p, -torch.log1p(odds), norm, t   # log p = -log(1 + odds), accurate at both ends
+    return buf, p, odds.log1p_().neg_(), norm, t   # log p = -log(1 + odds), accurate at both ends
 
 
 class _EDFFunction(torch.autograd.Function):
-    """Forward: the softmax over the other classes, once, into a buffer that becomes the gradient;
-    backward scales it in place."""
+    """Forward computes the gradient itself, into the softmax buffer (the only (N, C, ...) tensor it
+    allocates); backward multiplies it by the upstream gradient, in place."""
 
     @staticmethod
     def forward(ctx, input, target, edf, weight, ignore_index, reduction, normalizer, sync):
@@ -229,9 +235,9 @@ class _EDFFunction(torch.autograd.Function):
         kernel = kernels.cpu() if (input.device.type == "cpu" and input.dtype == torch.float32
                                    and not torch.compiler.is_compiling()) else None
         if kernel is not None:
-            buf, p, one_minus_p, log_p, norm, index = _parts_kernel(kernel, input, target, num_classes, ignore_index)
+            buf, p, log_p, norm, index = _parts_kernel(kernel, input, target, num_classes, ignore_index)
         else:
-            buf, p, one_minus_p, log_p, norm, index = _parts_torch(input, target, num_classes, ignore_index, compute)
+            buf, p, log_p, norm, index = _parts_torch(input, target, num_classes, ignore_index, compute)
         counted = target != ignore_index
 
         w = torch.where(counted, edf(p), 0.0)
@@ -251,28 +257,30 @@ class _EDFFunction(torch.autograd.Function):
         values = cw * -log_p.clamp_min(math.log(torch.finfo(compute).tiny))
         out = values if reduction == "none" else values.sum() / z if reduction == "mean" else values.sum()
         if ctx.needs_input_grad[0]:
-            ctx.save_for_backward(buf, index, cw * (0.5 / z), norm)  # k = c w / (2 Z): half the scale
-            ctx.input_dtype, ctx.kernel, ctx.ignore_index = input.dtype, kernel, ignore_index
+            k = cw * (0.5 / z)                              # half the scale of each element
+            if kernel is not None:
+                k, norm = k.contiguous(), norm.contiguous()
+                kernel.edf_scale_f32(buf.data_ptr(), index.data_ptr(), buf.shape[0], num_classes,
+                                     math.prod(buf.shape[2:]), ignore_index, k.data_ptr(), norm.data_ptr(),
+                                     1.0, torch.get_num_threads())
+            elif torch.compiler.is_compiling():
+                buf = (buf * (k / norm).unsqueeze(1)).scatter(1, index.unsqueeze(1), (-k).unsqueeze(1))
+            else:
+                buf = _scale_torch(buf, index, k, norm)
+            ctx.save_for_backward(buf)
+            ctx.input_dtype = input.dtype
         return out.to(input.dtype)
 
     @staticmethod
     def backward(ctx, grad_output):
-        buf, index, k, norm = ctx.saved_tensors
-        g = grad_output.to(k.dtype)
-        if g.dim() > 0:                                # reduction='none': fold the upstream gradient into k
-            k, g = k * g, torch.ones((), dtype=k.dtype)
-        if ctx.kernel is not None:
-            k, norm = k.contiguous(), norm.contiguous()
-            ctx.kernel.edf_scale_f32(buf.data_ptr(), index.data_ptr(), buf.shape[0], buf.shape[1], math.prod(buf.shape[2:]),
-                                     ctx.ignore_index, k.data_ptr(), norm.data_ptr(), float(g), torch.get_num_threads())
-            return buf, None, None, None, None, None, None, None
-        k = k * g
-        if torch.compiler.is_compiling():
-            buf = buf * (k / norm).unsqueeze(1)
-        else:
-            buf.mul_((k / norm).unsqueeze(1))          # in place: the softmax buffer is the gradient
-        buf.scatter_(1, index.unsqueeze(1), (-k).unsqueeze(1))
-        return buf.to(ctx.input_dtype), None, None, None, None, None, None, None
+        (grad,) = ctx.saved_tensors
+        g = grad_output.to(grad.dtype)
+        if g.dim() > 0:                                     # reduction='none': one factor per element
+            g = g.unsqueeze(1)
+        elif g.device.type == "cpu" and float(g) == 1.0:    # loss.backward(): nothing to multiply
+            return grad.to(ctx.input_dtype), None, None, None, None, None, None, None
+        grad = grad * g if torch.compiler.is_compiling() else grad.mul_(g)
+        return grad.to(ctx.input_dtype), None, None, None, None, None, None, None
 
 
 def edf_loss(input, target, edf: EDF, weight=None, ignore_index: int = -100, reduction: str = "mean",

@@ -266,12 +266,17 @@ def test_minus_inf_on_other_classes_is_a_mask_and_on_the_label_gives_p_zero():
     torch.testing.assert_close(logits.grad[1, 0], torch.tensor(-0.5, dtype=torch.float64))
 
 
-def test_retained_graph_cannot_be_backpropagated_twice_silently():
-    logits, target = make_batch((4, 3))
+def test_backward_through_a_retained_graph():
+    logits, target = make_batch((4, 3), dtype=torch.float32)
+    once = torch.autograd.grad(losses.DMLoss()(logits, target), logits)[0]
     value = losses.DMLoss()(logits, target)
     value.backward(retain_graph=True)
+    value.backward()                                  # upstream gradient 1: the stored gradient is reused
+    torch.testing.assert_close(logits.grad, 2 * once)
+    scaled = 3 * losses.DMLoss()(logits, target)      # any other upstream gradient scales it in place ...
+    scaled.backward(retain_graph=True)
     with pytest.raises(RuntimeError, match="modified by an inplace operation"):
-        value.backward()
+        scaled.backward()                             # ... so a second pass is refused, not silently wrong
 
 
 # ---------------------------------------------------------------- bad input: clear errors

@@ -64,7 +64,7 @@ def _build() -> ctypes.CDLL | None:
         os.replace(scratch, target)  # atomic: concurrent builders all end with a complete file
     lib = ctypes.CDLL(str(target))
     i64, ptr = ctypes.c_int64, ctypes.c_void_p
-    lib.edf_forward_f32.argtypes = [ptr, ptr, i64, i64, i64, i64, ptr, ptr, ptr, ptr, ptr, ctypes.c_int]
+    lib.edf_forward_f32.argtypes = [ptr, ptr, i64, i64, i64, i64, ptr, ptr, ptr, ptr, ctypes.c_int]
     lib.edf_scale_f32.argtypes = [ptr, ptr, i64, i64, i64, i64, ptr, ptr, ctypes.c_float, ctypes.c_int]
     lib.edf_forward_f32.restype = lib.edf_scale_f32.restype = None
     return lib

@@ -5,14 +5,14 @@
  *
  *     buf[c] = exp(x_c - m) for c != y,  buf[y] = 0,  where m = max_{c != y} x_c,
  *     norm   = sum_{c != y} buf[c]  (>= 1, as the largest term is exp(0)),
- *     odds   = (1 - p) / p = norm exp(m - x_y),   p = 1 / (1 + odds),   1 - p = odds / (1 + odds),
+ *     odds   = (1 - p) / p = norm exp(m - x_y),   p = 1 / (1 + odds)   (log p = -log1p(odds)),
  *
  * so that buf / norm is exactly the softmax over the other classes, and 1 - p is accurate as
  * p -> 1 (no subtraction from 1 anywhere). Special elements:
- *   ignored (target == ignore_index):           buf = 0, p = 0, one_minus_p = 1, odds = inf, norm = 1;
+ *   ignored (target == ignore_index):           buf = 0, p = 0, odds = inf, norm = 1;
  *   a target outside [0, C) (not ignored):      buf = 0, p = -1 (caller raises);
- *   a NaN or +inf logit, or only -inf logits:   buf = 0, p = one_minus_p = odds = NaN (caller raises);
- *   every other class -inf:                     buf = 0, p = 1, one_minus_p = 0, odds = 0, norm = 1.
+ *   a NaN or +inf logit, or only -inf logits:   buf = 0, p = odds = NaN (caller raises);
+ *   every other class -inf:                     buf = 0, p = 1, odds = 0, norm = 1.
  * Backward scales in place: buf[c] *= g k / norm (c != y), buf[y] = -g k.
  *
  * exp_f32 is a vectorisable Cody-Waite reduction with a degree-6 polynomial (error below 2 ulp,
@@ -74,34 +74,34 @@ static inline void exp_inplace(float *v, int len) {
  * returns 1 when the element's buffer entries must be zeroed. With d = x_y - m and e = exp(-|d|),
  * p and 1 - p come from sums of positive terms on either side of d = 0, so both are accurate. */
 static inline int finish(int ignored, float bad, float m, float sum, float xy,
-                         float *p, float *one_minus_p, float *odds, float *norm) {
+                         float *p, float *odds, float *norm) {
     if (ignored) {
-        *p = 0.0f; *one_minus_p = 1.0f; *odds = INFINITY; *norm = 1.0f;
+        *p = 0.0f; *odds = INFINITY; *norm = 1.0f;
         return 1;
     }
     if (bad > 0.0f || (m == -INFINITY && xy == -INFINITY)) {
-        *p = NAN; *one_minus_p = NAN; *odds = NAN; *norm = 1.0f;
+        *p = NAN; *odds = NAN; *norm = 1.0f;
         return 1;
     }
     if (m == -INFINITY) {  /* no other class: p = 1, direction -e_y / 2 */
-        *p = 1.0f; *one_minus_p = 0.0f; *odds = 0.0f; *norm = 1.0f;
+        *p = 1.0f; *odds = 0.0f; *norm = 1.0f;
         return 1;
     }
     float d = xy - m;
     float e = exp_f32(-fabsf(d));
     if (d <= 0.0f) {                   /* e = exp(d) <= 1 <= sum */
         float total = e + sum;
-        *p = e / total; *one_minus_p = sum / total; *odds = sum / e;
+        *p = e / total; *odds = sum / e;
     } else {                           /* e = exp(-d): odds = sum e */
         float r = sum * e;
-        *p = 1.0f / (1.0f + r); *one_minus_p = r / (1.0f + r); *odds = r;
+        *p = 1.0f / (1.0f + r); *odds = r;
     }
     *norm = sum;
     return 0;
 }
 
 static void forward_row(const float *x, int C, int y, int ignored, float *buf,
-                        float *p, float *one_minus_p, float *odds, float *norm) {
+                        float *p, float *odds, float *norm) {
     float m = -INFINITY, bad = 0.0f, sum = 0.0f;
 #pragma omp simd reduction(max:m) reduction(+:bad)
     for (int c = 0; c < C; ++c) {
@@ -117,13 +117,12 @@ static void forward_row(const float *x, int C, int y, int ignored, float *buf,
 #pragma omp simd reduction(+:sum)
     for (int c = 0; c < C; ++c) sum += buf[c];
     float xy = ignored ? 0.0f : x[y];
-    if (finish(ignored, bad, m, sum, xy, p, one_minus_p, odds, norm))
+    if (finish(ignored, bad, m, sum, xy, p, odds, norm))
         for (int c = 0; c < C; ++c) buf[c] = 0.0f;
 }
 
 static void forward_block(const float *x, const int64_t *target, int C, int64_t S, int len,
-                          int64_t ignore_index, float *buf, float *p, float *one_minus_p,
-                          float *odds, float *norm) {
+                          int64_t ignore_index, float *buf, float *p, float *odds, float *norm) {
     float m[BLOCK], bad[BLOCK], sum[BLOCK];
     int y[BLOCK];
     int invalid[BLOCK];
@@ -163,16 +162,15 @@ static void forward_block(const float *x, const int64_t *target, int C, int64_t 
     for (int l = 0; l < len; ++l) {    /* the common case of finish(), on all lanes */
         float d = xy[l] - m[l], r = sum[l] * e[l], total = e[l] + sum[l];
         p[l] = d <= 0.0f ? e[l] / total : 1.0f / (1.0f + r);
-        one_minus_p[l] = d <= 0.0f ? sum[l] / total : r / (1.0f + r);
         odds[l] = d <= 0.0f ? sum[l] / e[l] : r;
         norm[l] = sum[l];
     }
     for (int l = 0; l < len; ++l) {    /* the special elements, rare */
         if (invalid[l]) {
             for (int c = 0; c < C; ++c) buf[c * S + l] = 0.0f;
-            p[l] = -1.0f; one_minus_p[l] = 2.0f; odds[l] = 0.0f; norm[l] = 1.0f;
+            p[l] = -1.0f; odds[l] = 0.0f; norm[l] = 1.0f;
         } else if (y[l] < 0 || bad[l] > 0.0f || m[l] == -INFINITY) {
-            if (finish(y[l] < 0, bad[l], m[l], sum[l], xy[l], p + l, one_minus_p + l, odds + l, norm + l))
+            if (finish(y[l] < 0, bad[l], m[l], sum[l], xy[l], p + l, odds + l, norm + l))
                 for (int c = 0; c < C; ++c) buf[c * S + l] = 0.0f;
         }
     }
@@ -184,17 +182,17 @@ static void forward_block(const float *x, const int64_t *target, int C, int64_t 
 #define FEW_CLASSES 64
 
 static void forward_tile(const float *x, const int64_t *target, int C, int rows, int64_t ignore_index,
-                         float *buf, float *p, float *one_minus_p, float *odds, float *norm) {
+                         float *buf, float *p, float *odds, float *norm) {
     float xt[FEW_CLASSES * TILE], bt[FEW_CLASSES * TILE];
     for (int r = 0; r < rows; ++r)
         for (int c = 0; c < C; ++c) xt[c * TILE + r] = x[r * C + c];
-    forward_block(xt, target, C, TILE, rows, ignore_index, bt, p, one_minus_p, odds, norm);
+    forward_block(xt, target, C, TILE, rows, ignore_index, bt, p, odds, norm);
     for (int r = 0; r < rows; ++r)
         for (int c = 0; c < C; ++c) buf[r * C + c] = bt[c * TILE + r];
 }
 
 void edf_forward_f32(const float *x, const int64_t *target, int64_t N, int64_t C, int64_t S,
-                     int64_t ignore_index, float *buf, float *p, float *one_minus_p, float *odds,
+                     int64_t ignore_index, float *buf, float *p, float *odds,
                      float *norm, int threads) {
     if (S == 1 && C < FEW_CLASSES) {
         int64_t tiles = (N + TILE - 1) / TILE;
@@ -202,8 +200,7 @@ void edf_forward_f32(const float *x, const int64_t *target, int64_t N, int64_t C
         for (int64_t i = 0; i < tiles; ++i) {
             int64_t n0 = i * TILE;
             int rows = (int)(N - n0 < TILE ? N - n0 : TILE);
-            forward_tile(x + n0 * C, target + n0, (int)C, rows, ignore_index, buf + n0 * C, p + n0,
-                         one_minus_p + n0, odds + n0, norm + n0);
+            forward_tile(x + n0 * C, target + n0, (int)C, rows, ignore_index, buf + n0 * C, p + n0, odds + n0, norm + n0);
         }
         return;
     }
@@ -214,11 +211,11 @@ void edf_forward_f32(const float *x, const int64_t *target, int64_t N, int64_t C
             int ignored = y == ignore_index;
             if (!ignored && (y < 0 || y >= C)) {
                 for (int64_t c = 0; c < C; ++c) buf[n * C + c] = 0.0f;
-                p[n] = -1.0f; one_minus_p[n] = 2.0f; odds[n] = 0.0f; norm[n] = 1.0f;
+                p[n] = -1.0f; odds[n] = 0.0f; norm[n] = 1.0f;
                 continue;
             }
             forward_row(x + n * C, (int)C, ignored ? -1 : (int)y, ignored, buf + n * C,
-                        p + n, one_minus_p + n, odds + n, norm + n);
+                        p + n, odds + n, norm + n);
         }
         return;
     }
@@ -228,7 +225,7 @@ void edf_forward_f32(const float *x, const int64_t *target, int64_t N, int64_t C
         int64_t n = i / blocks, s0 = (i % blocks) * BLOCK;
         int len = (int)(S - s0 < BLOCK ? S - s0 : BLOCK);
         int64_t at = n * C * S + s0, e = n * S + s0;
-        forward_block(x + at, target + e, (int)C, S, len, ignore_index, buf + at, p + e, one_minus_p + e,
+        forward_block(x + at, target + e, (int)C, S, len, ignore_index, buf + at, p + e,
                       odds + e, norm + e);
     }
 }
