@@ -4,13 +4,17 @@ Modules (imported on first use, so that ``from dmcore import losses`` does not l
 matplotlib):
 
 - :mod:`dmcore.symbolic`: SymPy derivations of each loss's weight as a function of p.
+- :mod:`dmcore.edf`: emphasis density functions, the weight of an example as a function of p.
+- :mod:`dmcore.losses`: PyTorch losses, drop-in replacements for ``nn.CrossEntropyLoss``.
+- :mod:`dmcore.kernels`: the compiled CPU fast path of the EDF losses.
+- :mod:`dmcore.bench`: their benchmark against ``F.cross_entropy`` (``python -m dmcore bench``).
 - :mod:`dmcore.plotting`: the book's figure style.
 """
 
 import importlib
 
 __version__ = "0.1.0"
-__all__ = ["symbolic", "plotting"]
+__all__ = ["symbolic", "edf", "losses", "kernels", "bench", "plotting"]
 
 
 def __getattr__(name):

@@ -1,0 +1,141 @@
+"""Benchmark: forward+backward time and peak memory of the EDF losses against ``F.cross_entropy``.
+
+Every loss is timed in the same process on the same logits, interleaved run by run so that drift
+in the machine's speed affects all of them alike, and the median is reported with its ratio to
+``F.cross_entropy``. Peak memory is the most memory allocated at once during forward+backward,
+beyond the logits and targets that exist before (on CPU from the profiler's allocation events,
+on CUDA from the caching allocator's peak); it is reported in units of the logits' size, in total
+and beyond the gradient that backward returns (which every loss must allocate).
+
+    python -m dmcore bench                 # this machine's CPU, the shapes below
+    python -m dmcore bench --device cuda   # a GPU, if there is one
+
+Targets on CPU: DMLoss at most 1.0x the time of F.cross_entropy at every shape, and extra peak
+memory beyond the gradient at most the size of the logits.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from . import losses
+
+__all__ = ["CPU_SHAPES", "Result", "run", "format_table", "time_forward_backward", "peak_memory"]
+
+#: (N, C) classification and (N, C, H, W) segmentation shapes of the CPU benchmark.
+CPU_SHAPES = [(4096, 1000), (512, 32000), (65536, 10), (8, 21, 128, 128)]
+
+
+def _candidates():
+    return {
+        "F.cross_entropy": F.cross_entropy,
+        "DMLoss": losses.DMLoss(lam=0.5, beta=8),
+        "IMAELoss": losses.IMAELoss(T=8),
+        "GCELoss": losses.GCELoss(q=0.7),
+    }
+
+
+@dataclass
+class Result:
+    """One (shape, loss) measurement; times in milliseconds, memory in units of the logits' size."""
+
+    shape: tuple[int, ...]
+    loss: str
+    time_ms: float
+    time_ratio: float
+    peak: float
+    peak_beyond_grad: float
+
+
+def _sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _step(fn, logits, target):
+    fn(logits, target).backward()
+    logits.grad = None
+
+
+def time_forward_backward(fns: dict, logits, target, repeats: int = 20, warmup: int = 3) -> dict[str, float]:
+    """Median seconds of one forward+backward for each function, interleaved run by run."""
+    for _ in range(warmup):
+        for fn in fns.values():
+            _step(fn, logits, target)
+    samples = {name: [] for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            _sync(logits.device)
+            start = time.perf_counter()
+            _step(fn, logits, target)
+            _sync(logits.device)
+            samples[name].append(time.perf_counter() - start)
+    return {name: statistics.median(values) for name, values in samples.items()}
+
+
+def _cpu_allocations(fn) -> list[tuple[int, int]]:
+    """(time, bytes) of every CPU allocation (+) and free (-) while ``fn`` runs."""
+    from torch._C._profiler import _EventType
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        fn()
+    events, stack = [], list(prof.profiler.kineto_results.experimental_event_tree())
+    while stack:
+        node = stack.pop()
+        stack.extend(node.children)
+        if node.tag == _EventType.Allocation and node.extra_fields.device.type == "cpu":
+            events.append((node.start_time_ns, node.extra_fields.alloc_size))
+    return sorted(events)
+
+
+def peak_memory(fn, logits, target) -> int:
+    """Peak bytes allocated during one forward+backward beyond what existed before (gradient included)."""
+    logits.grad = None
+    if logits.device.type == "cuda":
+        _sync(logits.device)
+        base = torch.cuda.memory_allocated(logits.device)
+        torch.cuda.reset_peak_memory_stats(logits.device)
+        fn(logits, target).backward()
+        _sync(logits.device)
+        peak = torch.cuda.max_memory_allocated(logits.device) - base
+    else:
+        current = peak = 0
+        for _, size in _cpu_allocations(lambda: fn(logits, target).backward()):
+            current += size
+            peak = max(peak, current)
+    logits.grad = None
+    return peak
+
+
+def run(device: str = "cpu", shapes=None, repeats: int = 20, dtype=torch.float32, seed: int = 0) -> list[Result]:
+    """Measure every loss at every shape; returns one :class:`Result` per (shape, loss)."""
+    device = torch.device(device)
+    results = []
+    for shape in shapes or CPU_SHAPES:
+        gen = torch.Generator(device="cpu").manual_seed(seed)
+        logits = torch.randn(shape, generator=gen).to(device=device, dtype=dtype).requires_grad_()
+        target = torch.randint(0, shape[1], (shape[0],) + tuple(shape[2:]), generator=gen).to(device)
+        fns = _candidates()
+        times = time_forward_backward(fns, logits, target, repeats)
+        size = logits.numel() * logits.element_size()
+        for name, fn in fns.items():
+            peak = peak_memory(fn, logits, target)
+            results.append(Result(tuple(shape), name, 1e3 * times[name], times[name] / times["F.cross_entropy"],
+                                  peak / size, (peak - size) / size))
+    return results
+
+
+def format_table(results: list[Result]) -> str:
+    """A fixed-width table of the results, one line per (shape, loss)."""
+    lines = [f"{'shape':>18s}  {'loss':16s} {'time (ms)':>10s} {'vs CE':>7s} {'peak':>7s} {'beyond grad':>12s}"]
+    for r in results:
+        shape = "x".join(map(str, r.shape))
+        lines.append(f"{shape:>18s}  {r.loss:16s} {r.time_ms:10.2f} {r.time_ratio:6.2f}x {r.peak:6.2f}x "
+                     f"{r.peak_beyond_grad:11.2f}x")
+    return "\n".join(lines)

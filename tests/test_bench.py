@@ -1,0 +1,52 @@
+"""dmcore.bench and the command line: measurements that can be checked exactly, and the CLI's output."""
+
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from dmcore import bench, cli
+
+
+def test_peak_memory_counts_what_forward_and_backward_allocate():
+    logits = torch.randn(256, 100, requires_grad=True)
+    target = torch.randint(0, 100, (256,))
+    size = logits.numel() * 4
+
+    def three_buffers(x, t):           # two temporaries alive at once, then the gradient
+        a, b = x * 2, x * 3
+        return (a + b).sum() * 0 + x.sum()
+
+    peak = bench.peak_memory(three_buffers, logits, target)
+    assert 3 * size <= peak < 4 * size
+    assert bench.peak_memory(torch.nn.functional.cross_entropy, logits, target) >= 2 * size
+
+
+def test_run_reports_every_loss_and_ratios_to_cross_entropy():
+    results = bench.run("cpu", [(64, 10), (2, 3, 4, 4)], repeats=2)
+    assert [r.loss for r in results[:4]] == ["F.cross_entropy", "DMLoss", "IMAELoss", "GCELoss"]
+    assert all(r.time_ratio == 1.0 for r in results if r.loss == "F.cross_entropy")
+    assert all(r.time_ms > 0 and r.peak >= 1.0 for r in results)   # the gradient alone is one logits' worth
+    table = bench.format_table(results)
+    assert "64x10" in table and "2x3x4x4" in table and len(table.splitlines()) == 1 + len(results)
+
+
+def test_command_line_bench():
+    out = subprocess.run([sys.executable, "-m", "dmcore", "bench", "--shapes", "128x10", "--repeats", "2"],
+                         capture_output=True, text=True, timeout=300, check=True).stdout
+    assert "DMLoss" in out and "vs CE" in out and "DMLoss time vs F.cross_entropy: max" in out
+
+
+@pytest.mark.parametrize("text", ["4096", "4096xa", "0x10"])
+def test_command_line_rejects_bad_shapes(text, capsys):
+    with pytest.raises(SystemExit):
+        cli.main(["bench", "--shapes", text])
+    assert "a shape" in capsys.readouterr().err
+
+
+def test_command_line_without_cuda_says_so(capsys):
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    assert cli.main(["bench", "--device", "cuda"]) == 2
+    assert "no CUDA device" in capsys.readouterr().err
