@@ -16,7 +16,10 @@ memory beyond the gradient at most the size of the logits.
 
 from __future__ import annotations
 
+import contextlib
+import os
 import statistics
+import sys
 import time
 from dataclasses import dataclass
 
@@ -78,12 +81,27 @@ def time_forward_backward(fns: dict, logits, target, repeats: int = 20, warmup: 
     return {name: statistics.median(values) for name, values in samples.items()}
 
 
+@contextlib.contextmanager
+def _native_stderr_silenced():
+    """The profiler's native code logs 'profiler_start/stop' with timestamps to file descriptor 2;
+    point it at /dev/null meanwhile (Python exceptions are unaffected)."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as null:
+            os.dup2(null.fileno(), 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
 def _cpu_allocations(fn) -> list[tuple[int, int]]:
     """(time, bytes) of every CPU allocation (+) and free (-) while ``fn`` runs."""
     from torch._C._profiler import _EventType
     from torch.profiler import ProfilerActivity, profile
 
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+    with _native_stderr_silenced(), profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
         fn()
     events, stack = [], list(prof.profiler.kineto_results.experimental_event_tree())
     while stack:

@@ -36,7 +36,7 @@ Bad input raises: ``TypeError`` for non-floating logits or non-integer targets (
 probabilities are not supported); ``ValueError`` for wrong shapes, ``C < 2``, targets outside
 ``[0, C)`` other than ``ignore_index``, NaN or ``+inf`` logits (or a row of only ``-inf``) in a
 non-ignored element, and an EDF that returns negative or non-finite weights. These data checks cost
-one device-to-host synchronisation per call. An empty batch, or one whose elements are all
+at most two device-to-host synchronisations per call. An empty batch, or one whose elements are all
 ignored, gives a loss of 0 and a zero gradient for ``'mean'`` (``nn.CrossEntropyLoss`` gives NaN).
 
 **Data-parallel training.** When ``torch.distributed`` is initialised with more than one process,
