@@ -7,6 +7,9 @@ matplotlib):
 - :mod:`dmcore.edf`: emphasis density functions, the weight of an example as a function of p.
 - :mod:`dmcore.losses`: PyTorch losses, drop-in replacements for ``nn.CrossEntropyLoss``.
 - :mod:`dmcore.kernels`: the compiled CPU fast path of the EDF losses.
+- :mod:`dmcore.noise`: label-noise generators with exact realised rates.
+- :mod:`dmcore.data`: MNIST-1D and digits offline, long-tailed subsets, a CIFAR file reader.
+- :mod:`dmcore.models`: the MNIST-1D CNN, an MLP, CIFAR ResNet-20/44/56.
 - :mod:`dmcore.bench`: their benchmark against ``F.cross_entropy`` (``python -m dmcore bench``).
 - :mod:`dmcore.plotting`: the book's figure style.
 """
@@ -14,7 +17,7 @@ matplotlib):
 import importlib
 
 __version__ = "0.1.0"
-__all__ = ["symbolic", "edf", "losses", "kernels", "bench", "plotting"]
+__all__ = ["symbolic", "edf", "losses", "kernels", "bench", "noise", "data", "models", "plotting"]
 
 
 def __getattr__(name):

@@ -1,0 +1,127 @@
+"""Small networks for the experiments: the MNIST-1D CNN, an MLP, and CIFAR ResNet-20/44/56.
+
+The MNIST-1D CNN is Greydanus's (*Scaling down deep learning*, 2020): three 1-D convolutions of 25
+channels and a linear layer, with a GroupNorm after each convolution. The normalisation matters
+here: an EDF loss keeps the total length of its gradient fixed (derivative normalisation), so its
+implied objective has no minimum, and without normalisation layers and weight decay the logits of
+an IMAE- or DM-trained network grow without bound (chapter "Derivative manipulation"). GroupNorm
+rather than BatchNorm keeps no running statistics, so many copies of the network can be trained
+together with ``torch.func`` (:mod:`dmcore.train`).
+
+The CIFAR ResNets are those of He et al. (CVPR 2016, section 4.2): 3 stages of ``n`` basic blocks
+with 16, 32, 64 channels and identity shortcuts padded with zeros ("option A"), depth ``6n + 2``.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+__all__ = ["MNIST1DCNN", "MLP", "CifarResNet", "resnet20", "resnet44", "resnet56", "build"]
+
+
+class MNIST1DCNN(nn.Module):
+    """Input ``(N, 40)`` or ``(N, 1, 40)``, output logits ``(N, num_classes)``; about 6k parameters."""
+
+    def __init__(self, num_classes: int = 10, channels: int = 25, length: int = 40, norm: bool = True):
+        super().__init__()
+        self.length = length
+        self.convs = nn.ModuleList([nn.Conv1d(1, channels, 5, stride=2, padding=1),
+                                    nn.Conv1d(channels, channels, 3, stride=2, padding=1),
+                                    nn.Conv1d(channels, channels, 3, stride=2, padding=1)])
+        self.norms = nn.ModuleList([nn.GroupNorm(5, channels) if norm else nn.Identity() for _ in self.convs])
+        out = length
+        for conv in self.convs:
+            out = (out + 2 * conv.padding[0] - conv.kernel_size[0]) // conv.stride[0] + 1
+        self.linear = nn.Linear(channels * out, num_classes)
+
+    def forward(self, x):
+        x = x.reshape(x.shape[0], 1, self.length)
+        for conv, norm in zip(self.convs, self.norms):
+            x = F.relu(norm(conv(x)))
+        return self.linear(x.flatten(1))
+
+
+class MLP(nn.Module):
+    """Input ``(N, features)``; hidden layers with LayerNorm and ReLU; output logits ``(N, num_classes)``."""
+
+    def __init__(self, in_features: int, num_classes: int, hidden: tuple[int, ...] = (128, 128)):
+        super().__init__()
+        layers, width = [], in_features
+        for h in hidden:
+            layers += [nn.Linear(width, h), nn.LayerNorm(h), nn.ReLU()]
+            width = h
+        layers.append(nn.Linear(width, num_classes))
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, x):
+        return self.net(x.flatten(1))
+
+
+class _Block(nn.Module):
+    def __init__(self, inputs: int, outputs: int, stride: int):
+        super().__init__()
+        self.conv1 = nn.Conv2d(inputs, outputs, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(outputs)
+        self.conv2 = nn.Conv2d(outputs, outputs, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(outputs)
+        self.pad = outputs - inputs
+        self.stride = stride
+
+    def forward(self, x):
+        out = F.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        shortcut = x[:, :, ::self.stride, ::self.stride] if self.stride > 1 else x
+        if self.pad:
+            shortcut = F.pad(shortcut, (0, 0, 0, 0, self.pad // 2, self.pad - self.pad // 2))
+        return F.relu(out + shortcut)
+
+
+class CifarResNet(nn.Module):
+    """ResNet of depth ``6 n + 2`` for 32x32 images: input ``(N, 3, 32, 32)``, logits ``(N, num_classes)``."""
+
+    def __init__(self, depth: int, num_classes: int = 10):
+        super().__init__()
+        if (depth - 2) % 6:
+            raise ValueError(f"a CIFAR ResNet has depth 6n + 2 (20, 32, 44, 56, ...), got {depth}")
+        n = (depth - 2) // 6
+        self.stem = nn.Sequential(nn.Conv2d(3, 16, 3, 1, 1, bias=False), nn.BatchNorm2d(16), nn.ReLU())
+        blocks, width = [], 16
+        for stage, channels in enumerate((16, 32, 64)):
+            for i in range(n):
+                blocks.append(_Block(width, channels, 2 if stage > 0 and i == 0 else 1))
+                width = channels
+        self.blocks = nn.Sequential(*blocks)
+        self.linear = nn.Linear(64, num_classes)
+        for m in self.modules():
+            if isinstance(m, (nn.Conv2d, nn.Linear)):
+                nn.init.kaiming_normal_(m.weight)
+
+    def forward(self, x):
+        return self.linear(self.blocks(self.stem(x)).mean((2, 3)))
+
+
+def resnet20(num_classes: int = 10) -> CifarResNet:
+    return CifarResNet(20, num_classes)
+
+
+def resnet44(num_classes: int = 10) -> CifarResNet:
+    return CifarResNet(44, num_classes)
+
+
+def resnet56(num_classes: int = 10) -> CifarResNet:
+    return CifarResNet(56, num_classes)
+
+
+def build(name: str, num_classes: int, in_features: int | None = None) -> nn.Module:
+    """A model by name: ``mnist1d_cnn``, ``mlp`` (needs ``in_features``), ``resnet20``, ``resnet44``, ``resnet56``."""
+    if name == "mnist1d_cnn":
+        return MNIST1DCNN(num_classes)
+    if name == "mlp":
+        if in_features is None:
+            raise ValueError("the MLP needs in_features")
+        return MLP(in_features, num_classes)
+    if name in ("resnet20", "resnet44", "resnet56"):
+        return CifarResNet(int(name[6:]), num_classes)
+    raise ValueError(f"unknown model {name!r}; expected mnist1d_cnn, mlp, resnet20, resnet44 or resnet56")
