@@ -56,7 +56,7 @@ class NoisyLabels:
     @property
     def rate(self) -> float:
         """The realised fraction of changed labels."""
-        return float(self.noise_mask.float().mean()) if len(self.labels) else 0.0
+        return float(self.noise_mask.double().mean()) if len(self.labels) else 0.0
 
 
 def _check_labels(labels, num_classes: int) -> torch.Tensor:

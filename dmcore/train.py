@@ -1,0 +1,235 @@
+"""Training and evaluation of many (model, loss, noise, seed) runs at once.
+
+:func:`train_runs` trains ``R`` runs of one model on one dataset as one batched computation: the
+runs' parameters are stacked (``torch.func.stack_module_state``) and their forward and backward
+passes run under ``vmap``, each run on its own mini-batches of its own noisy labels. Runs are
+grouped by loss; a run's loss is its own batch mean, for the EDF losses normalised by its own
+batch sum of weights (the upstream gradient ``1 / Z_r`` of ``reduction='none'``), so each run's
+gradient is exactly what it would be alone, and the test suite checks that batched training
+equals training one run at a time. SGD with momentum and weight decay over the stacked tensors is
+elementwise, hence the same as one optimiser per run.
+
+Every ``eval_every`` steps (and at the end) each run records, on the full splits: test accuracy;
+the fit of its clean and of its noisy training subsets to their observed labels; the fraction of
+noisy examples predicted as their true class; the mean ``p`` of the observed label over clean and
+over noisy examples; and the mean and variance of its loss's weights ``w(p)`` over the training set.
+
+Losses are named as in the papers: ``cce``, ``mae`` (``1 - p``), ``mse`` (``(1 - p)^2``), ``gce``
+(``q = 0.7``), ``imae`` (``T = 8``), ``dm`` (``lam = 0.5, beta = 8``), with parameters after a
+colon (``dm:lam=1,beta=16``), and ``-dn`` for a loss's natural weight under derivative
+normalisation (``cce-dn``).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import asdict, dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch.func import functional_call, stack_module_state, vmap
+
+from . import edf as edfs
+from . import losses, models, noise
+from .data import Dataset
+
+__all__ = ["Protocol", "Run", "LossSpec", "parse_loss", "noisy_labels", "train_runs"]
+
+
+@dataclass(frozen=True)
+class Protocol:
+    """SGD with momentum and weight decay, the learning rate divided by 10 at each milestone (a
+    fraction of ``steps``), mini-batches drawn without replacement within each epoch."""
+
+    steps: int = 6000
+    batch_size: int = 100
+    lr: float = 0.05
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    milestones: tuple[float, ...] = (0.5, 0.75)
+    eval_every: int = 250
+
+
+@dataclass(frozen=True)
+class Run:
+    """One configuration: a loss (see :func:`parse_loss`), a noise scheme and rate, and a seed."""
+
+    loss: str
+    noise: str = "symmetric"
+    rate: float = 0.0
+    seed: int = 0
+
+    @property
+    def run_id(self) -> str:
+        return f"{self.loss}|{self.noise}:{self.rate:g}|seed={self.seed}"
+
+
+@dataclass(frozen=True)
+class LossSpec:
+    """A parsed loss: its name, its per-element function, and the EDF whose weights it applies."""
+
+    name: str
+    weight: edfs.EDF
+    edf_path: bool                    # True: EDF loss normalised by the batch sum of weights
+    closed: object = field(default=None, compare=False)
+
+
+_DEFAULTS = {"gce": {"q": 0.7}, "imae": {"T": 8.0}, "dm": {"lam": 0.5, "beta": 8.0}}
+
+
+def parse_loss(text: str) -> LossSpec:
+    """``cce``, ``mae``, ``mse``, ``gce[:q=...]``, ``imae[:T=...]``, ``dm[:lam=...,beta=...]``, or a
+    natural weight with derivative normalisation: ``cce-dn``, ``mae-dn``, ``mse-dn``, ``gce-dn``."""
+    name, _, args = text.strip().partition(":")
+    dn = name.endswith("-dn")
+    base = name[:-3] if dn else name
+    if base not in ("cce", "mae", "mse", "gce", "imae", "dm") or (dn and base in ("imae", "dm")):
+        raise ValueError(f"unknown loss {text!r}: expected cce, mae, mse, gce, imae, dm, or cce-dn, mae-dn, mse-dn, gce-dn")
+    params = dict(_DEFAULTS.get(base, {}))
+    for item in filter(None, args.split(",")):
+        key, _, value = item.partition("=")
+        if key not in params:
+            raise ValueError(f"loss {base} has no parameter {key!r}; it takes {sorted(params) or 'none'}")
+        try:
+            params[key] = float(value)
+        except ValueError:
+            raise ValueError(f"loss parameter {key} must be a number, got {value!r}") from None
+    weight = getattr(edfs, base)(**params)
+    if base in ("imae", "dm") or dn:
+        return LossSpec(text, weight, True)
+    closed = {"cce": losses.cce_loss, "mae": losses.mae_loss, "mse": losses.mse_loss,
+              "gce": lambda x, t, **kw: losses.gce_loss(x, t, q=params["q"], **kw)}[base]
+    return LossSpec(text, weight, False, closed)
+
+
+def noisy_labels(labels: torch.Tensor, scheme: str, rate: float, num_classes: int, seed: int) -> noise.NoisyLabels:
+    """Noisy training labels: ``symmetric``, ``symmetric-keep`` (may keep the true class) or ``pair``."""
+    if scheme == "symmetric":
+        return noise.symmetric(labels, rate, num_classes, seed=seed)
+    if scheme == "symmetric-keep":
+        return noise.symmetric(labels, rate, num_classes, seed=seed, keep_true=True)
+    if scheme == "pair":
+        return noise.pair(labels, rate, num_classes, seed=seed)
+    raise ValueError(f"unknown noise scheme {scheme!r}: expected symmetric, symmetric-keep or pair")
+
+
+def _group_loss(spec: LossSpec, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Sum over the runs of each run's own batch loss; ``logits (G, B, C)``, ``target (G, B)``."""
+    groups, batch, classes = logits.shape
+    flat, labels = logits.reshape(-1, classes), target.reshape(-1)
+    if not spec.edf_path:
+        return spec.closed(flat, labels, reduction="none").sum() / batch
+    values = losses.edf_loss(flat, labels, spec.weight, reduction="none").view(groups, batch)
+    with torch.no_grad():
+        p = flat.float().softmax(1).gather(1, labels[:, None]).view(groups, batch)
+        z = spec.weight(p).sum(1, keepdim=True).clamp_min(torch.finfo(torch.float32).tiny)
+    return (values / z.to(values.dtype)).sum()
+
+
+@torch.no_grad()
+def _evaluate(base, params, buffers, x, chunk=2000):
+    """Logits of every run on ``x`` (shared by all runs): ``(R, N, C)``."""
+    call = vmap(lambda p, b, xb: functional_call(base, (p, b), (xb,)), in_dims=(0, 0, None))
+    return torch.cat([call(params, buffers, x[i:i + chunk]) for i in range(0, len(x), chunk)], dim=1)
+
+
+def _metrics(specs, logits_train, logits_test, observed, clean, noisy_mask, y_test):
+    out = []
+    for r, spec in enumerate(specs):
+        prob = logits_train[r].float().softmax(1)
+        p_obs = prob.gather(1, observed[r][:, None]).squeeze(1)
+        pred = prob.argmax(1)
+        fit = pred == observed[r]
+        m = noisy_mask[r]
+        w = spec.weight(p_obs.double())
+        nan = float("nan")
+        out.append({
+            "test_acc": (logits_test[r].argmax(1) == y_test).float().mean().item(),
+            "fit_clean": fit[~m].float().mean().item() if (~m).any() else nan,
+            "fit_noisy": fit[m].float().mean().item() if m.any() else nan,
+            "noisy_to_true": (pred[m] == clean[m]).float().mean().item() if m.any() else nan,
+            "p_clean": p_obs[~m].mean().item() if (~m).any() else nan,
+            "p_noisy": p_obs[m].mean().item() if m.any() else nan,
+            "weight_mean": w.mean().item(),
+            "weight_var": w.var(unbiased=False).item(),
+        })
+    return out
+
+
+def train_runs(model: str, dataset: Dataset, runs: list[Run], protocol: Protocol = Protocol(),
+               device: str = "cpu", dtype: torch.dtype = torch.float32, progress=None) -> list[dict]:
+    """Train ``runs`` together; returns, per run, its configuration, its history and its results.
+
+    Each run's model is initialised from ``torch.manual_seed(run.seed)``, its noisy labels from
+    ``run.seed``, and its mini-batch order from ``run.seed``, so a run's result does not depend on
+    which other runs it is trained with. ``progress`` is called with the number of steps done.
+    """
+    if not runs:
+        return []
+    specs = [parse_loss(r.loss) for r in runs]
+    device = torch.device(device)
+    x_train = dataset.x_train.to(device, dtype)
+    x_test = dataset.x_test.to(device, dtype)
+    y_test = dataset.y_test.to(device)
+    num_train = len(x_train)
+    in_features = x_train[0].numel()
+
+    noisy = [noisy_labels(dataset.y_train, r.noise, r.rate, dataset.num_classes, r.seed) for r in runs]
+    observed = torch.stack([n.labels for n in noisy]).to(device)
+    noisy_mask = torch.stack([n.noise_mask for n in noisy]).to(device)
+    clean = dataset.y_train.to(device)
+
+    nets = []
+    for r in runs:
+        torch.manual_seed(r.seed)
+        nets.append(models.build(model, dataset.num_classes, in_features).to(device, dtype))
+    params, buffers = stack_module_state(nets)
+    params = {k: v.detach().requires_grad_() for k, v in params.items()}
+    base = copy.deepcopy(nets[0]).to("meta")
+    forward = vmap(lambda p, b, xb: functional_call(base, (p, b), (xb,)))
+    optimizer = torch.optim.SGD(params.values(), lr=protocol.lr, momentum=protocol.momentum,
+                                weight_decay=protocol.weight_decay)
+    milestones = sorted({round(f * protocol.steps) for f in protocol.milestones})
+    scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones, gamma=0.1)
+    groups = {}
+    for i, spec in enumerate(specs):
+        groups.setdefault(spec.name, []).append(i)
+    groups = {name: torch.tensor(idx, device=device) for name, idx in groups.items()}
+    order_gens = [torch.Generator().manual_seed(10_000 + r.seed) for r in runs]
+    per_epoch = num_train // protocol.batch_size
+    orders, histories = None, [[] for _ in runs]
+
+    def record(step):
+        logits_train = _evaluate(base, params, buffers, x_train)
+        logits_test = _evaluate(base, params, buffers, x_test)
+        for r, m in enumerate(_metrics(specs, logits_train, logits_test, observed, clean, noisy_mask, y_test)):
+            histories[r].append({"step": step, **m})
+
+    record(0)
+    for step in range(1, protocol.steps + 1):
+        position = (step - 1) % per_epoch
+        if position == 0:  # a new epoch: each run draws its own permutation
+            orders = torch.stack([torch.randperm(num_train, generator=g) for g in order_gens]).to(device)
+        idx = orders[:, position * protocol.batch_size:(position + 1) * protocol.batch_size]
+        logits = forward(params, buffers, x_train[idx])
+        targets = torch.gather(observed, 1, idx)
+        total = sum(_group_loss(specs[int(members[0])], logits[members], targets[members])
+                    for members in groups.values())
+        optimizer.zero_grad(set_to_none=True)
+        total.backward()
+        optimizer.step()
+        scheduler.step()
+        if step % protocol.eval_every == 0 or step == protocol.steps:
+            record(step)
+        if progress is not None:
+            progress(step)
+
+    results = []
+    for r, run in enumerate(runs):
+        history = histories[r]
+        results.append({**asdict(run), "run_id": run.run_id, "model": model, "dataset": dataset.name,
+                        "realised_rate": noisy[r].rate, "history": history,
+                        "best_test_acc": max(h["test_acc"] for h in history),
+                        "final_test_acc": history[-1]["test_acc"]})
+    return results

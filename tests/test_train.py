@@ -1,0 +1,58 @@
+"""dmcore.train: batched training equals training one run at a time; metrics and loss names."""
+
+import math
+
+import pytest
+import torch
+
+from dmcore import data, train
+
+SMALL = train.Protocol(steps=30, batch_size=50, lr=0.05, eval_every=10)
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return data.digits()
+
+
+def test_batched_training_equals_one_run_at_a_time(digits):
+    runs = [train.Run("cce", "symmetric", 0.2, 0), train.Run("dm", "symmetric", 0.4, 1),
+            train.Run("gce", "pair", 0.3, 2), train.Run("cce-dn", "symmetric", 0.0, 3)]
+    together = train.train_runs("mlp", digits, runs, SMALL, dtype=torch.float64)
+    for run, batched in zip(runs, together):
+        alone = train.train_runs("mlp", digits, [run], SMALL, dtype=torch.float64)[0]
+        assert len(batched["history"]) == len(alone["history"]) == 4       # steps 0, 10, 20, 30
+        for a, b in zip(batched["history"], alone["history"]):
+            for key, value in a.items():
+                assert (math.isnan(value) and math.isnan(b[key])) or math.isclose(value, b[key], rel_tol=1e-9, abs_tol=1e-12), key
+
+
+def test_metrics_describe_the_noise(digits):
+    (result,) = train.train_runs("mlp", digits, [train.Run("cce", "symmetric", 0.4, 0)],
+                                 train.Protocol(steps=200, batch_size=50, eval_every=100))
+    first, last = result["history"][0], result["history"][-1]
+    assert result["realised_rate"] == round(0.4 * len(digits.y_train)) / len(digits.y_train)
+    assert first["step"] == 0 and last["step"] == 200
+    assert abs(first["p_clean"] - 0.1) < 0.05 and abs(first["p_noisy"] - 0.1) < 0.05   # near uniform at the start
+    assert last["fit_clean"] > last["fit_noisy"] and last["p_clean"] > last["p_noisy"]
+    assert last["test_acc"] > 0.5 and result["best_test_acc"] >= result["final_test_acc"]
+    assert last["weight_mean"] > 0 and last["weight_var"] > 0
+
+
+def test_clean_runs_have_no_noisy_metrics(digits):
+    (result,) = train.train_runs("mlp", digits, [train.Run("mae", "symmetric", 0.0, 0)],
+                                 train.Protocol(steps=10, batch_size=50, eval_every=10))
+    assert math.isnan(result["history"][-1]["fit_noisy"]) and result["realised_rate"] == 0
+
+
+def test_loss_names():
+    assert train.parse_loss("dm").weight.params == {"lam": 0.5, "beta": 8.0}
+    assert train.parse_loss("dm:lam=1,beta=16").weight.params == {"lam": 1.0, "beta": 16.0}
+    assert train.parse_loss("gce:q=0.5").weight.params == {"q": 0.5}
+    assert train.parse_loss("cce-dn").edf_path and not train.parse_loss("cce").edf_path
+    for bad, message in [("hinge", "unknown loss"), ("imae-dn", "unknown loss"), ("dm:gamma=2", "no parameter 'gamma'"),
+                         ("dm:lam=x", "must be a number"), ("dm:lam=-1", "lam must lie in")]:
+        with pytest.raises(ValueError, match=message):
+            train.parse_loss(bad)
+    with pytest.raises(ValueError, match="unknown noise scheme"):
+        train.noisy_labels(torch.zeros(4, dtype=torch.long), "open-set", 0.2, 10, 0)
