@@ -1,6 +1,8 @@
 """``python -m dmcore``: the command line.
 
     python -m dmcore bench [--device cpu|cuda] [--repeats 20] [--shapes 4096x1000,65536x10] [--threads N]
+    python -m dmcore sweep --dataset mnist1d --losses cce,mae,gce,imae,dm \
+        --noise symmetric:0,0.2,0.4,0.6,0.8 --seeds 3 --out DIR [--steps 6000] [--device cuda]
 """
 
 from __future__ import annotations
@@ -40,6 +42,44 @@ def _bench(args) -> int:
     return 0
 
 
+def _losses(text: str) -> list[str]:
+    """Comma-separated loss names, where a loss's own parameters may contain commas too:
+    ``cce,dm:lam=1,beta=16,gce`` is cce, dm:lam=1,beta=16 and gce."""
+    names = []
+    for token in text.split(","):
+        if "=" in token and ":" not in token and names:
+            names[-1] += "," + token
+        else:
+            names.append(token)
+    return names
+
+
+def _noise(text: str) -> tuple[str, list[float]]:
+    scheme, _, rates = text.partition(":")
+    try:
+        values = [float(r) for r in rates.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--noise takes SCHEME:RATE,RATE,..., like symmetric:0,0.2; got {text!r}") from None
+    return scheme, values
+
+
+def _sweep(args) -> int:
+    from . import sweep, train
+
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        print("error: --device cuda, but no CUDA device is available", file=sys.stderr)
+        return 2
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    protocol = train.Protocol(steps=args.steps, batch_size=args.batch_size, lr=args.lr, eval_every=args.eval_every)
+    for name in args.losses:
+        train.parse_loss(name)  # fail before any training
+    runs = sweep.grid(args.losses, args.noise, args.seeds)
+    rows = sweep.run_sweep(args.out, args.dataset, args.model, runs, protocol, args.device, args.chunk)
+    print(f"{len(rows)} runs in {args.out}/runs.csv; per-step metrics in {args.out}/history.csv")
+    return 0
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m dmcore", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
@@ -50,5 +90,28 @@ def main(argv=None) -> int:
                    help="comma-separated shapes like 4096x1000,8x21x128x128 (default: the CPU benchmark's)")
     b.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's own)")
     b.set_defaults(run=_bench)
+    s = commands.add_parser("sweep", help="train a grid of runs under label noise, batched, into tidy CSV files")
+    s.add_argument("--dataset", default="mnist1d", help="mnist1d, digits, or a long-tailed version like mnist1d-lt10")
+    s.add_argument("--model", default="mnist1d_cnn", help="mnist1d_cnn or mlp")
+    s.add_argument("--losses", type=_losses, default=_losses("cce,mae,gce,imae,dm"),
+                   help="comma-separated: cce, mae, mse, gce[:q=], imae[:T=], dm[:lam=,beta=], cce-dn, ...")
+    s.add_argument("--noise", type=_noise, action="append", default=None,
+                   help="SCHEME:RATES, repeatable: symmetric:0,0.2,0.4 pair:0.2,0.4 (default symmetric:0,0.2,0.4,0.6,0.8)")
+    s.add_argument("--seeds", type=int, default=3)
+    s.add_argument("--out", required=True, help="directory for config.json, runs.csv and history.csv")
+    s.add_argument("--steps", type=int, default=6000)
+    s.add_argument("--batch-size", type=int, default=100)
+    s.add_argument("--lr", type=float, default=0.05)
+    s.add_argument("--eval-every", type=int, default=250)
+    s.add_argument("--chunk", type=int, default=0, help="runs trained together (default: all pending runs)")
+    s.add_argument("--device", default="cpu")
+    s.add_argument("--threads", type=int, default=0)
+    s.set_defaults(run=_sweep)
     args = parser.parse_args(argv)
-    return args.run(args)
+    if args.command == "sweep" and args.noise is None:
+        args.noise = [_noise("symmetric:0,0.2,0.4,0.6,0.8")]
+    try:
+        return args.run(args)
+    except (ValueError, FileNotFoundError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2

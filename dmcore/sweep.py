@@ -1,0 +1,121 @@
+"""Sweeps: a grid of runs trained in batched chunks, with tidy CSV results that survive interruption.
+
+A sweep directory holds
+
+- ``config.json``: the full configuration (dataset, model, protocol, device, the grid, versions);
+- ``runs.csv``: one row per finished run: its configuration, realised noise rate, best and final
+  test accuracy, and its final metrics;
+- ``history.csv``: one row per run and evaluation step, with every metric of :mod:`dmcore.train`.
+
+Both CSV files are rewritten atomically (written beside, then renamed) after each chunk of runs, so
+an interrupted sweep leaves complete files of the chunks that finished. Rerunning the same command
+skips finished runs; a directory that holds a sweep with another configuration is refused.
+
+    python -m dmcore sweep --dataset mnist1d --losses cce,mae,gce,imae,dm \\
+        --noise symmetric:0,0.2,0.4,0.6,0.8 --seeds 3 --out results/mnist1d
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import pathlib
+import sys
+from dataclasses import asdict
+
+import torch
+
+from . import data, train
+
+__all__ = ["grid", "run_sweep", "load_dataset"]
+
+RUN_COLUMNS = ["run_id", "dataset", "model", "loss", "noise", "rate", "seed", "realised_rate",
+               "best_test_acc", "final_test_acc", "fit_clean", "fit_noisy", "noisy_to_true", "p_clean",
+               "p_noisy", "weight_mean", "weight_var"]
+HISTORY_COLUMNS = ["run_id", "step", "test_acc", "fit_clean", "fit_noisy", "noisy_to_true", "p_clean", "p_noisy",
+                   "weight_mean", "weight_var"]
+
+
+def load_dataset(name: str) -> data.Dataset:
+    """``mnist1d``, ``digits``, or a long-tailed version: ``mnist1d-lt10`` (ratio 10)."""
+    base, _, ratio = name.partition("-lt")
+    if base not in ("mnist1d", "digits"):
+        raise ValueError(f"unknown dataset {name!r}: expected mnist1d, digits, or e.g. mnist1d-lt10")
+    dataset = data.mnist1d() if base == "mnist1d" else data.digits()
+    return data.long_tailed(dataset, float(ratio)) if ratio else dataset
+
+
+def grid(losses: list[str], noise: list[tuple[str, list[float]]], seeds: int) -> list[train.Run]:
+    """Every (loss, noise scheme and rate, seed) combination, losses outermost."""
+    return [train.Run(loss, scheme, rate, seed) for loss in losses for scheme, rates in noise
+            for rate in rates for seed in range(seeds)]
+
+
+def _write_csv(path: pathlib.Path, columns: list[str], rows: list[dict]) -> None:
+    scratch = path.with_name(path.name + ".partial")
+    with open(scratch, "w", newline="") as f:
+        writer = csv.DictWriter(f, columns, extrasaction="ignore")
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({k: (f"{v:.6f}" if isinstance(v, float) else v) for k, v in row.items()})
+    os.replace(scratch, path)
+
+
+def _read_csv(path: pathlib.Path) -> list[dict]:
+    if not path.exists():
+        return []
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def run_sweep(out, dataset: str, model: str, runs: list[train.Run], protocol: train.Protocol,
+              device: str = "cpu", chunk: int = 0, progress: bool | None = None) -> list[dict]:
+    """Train the runs of ``runs`` not yet in ``out/runs.csv``, ``chunk`` at a time (0: all at once).
+
+    Returns the rows of ``runs.csv``. ``progress``: show a progress bar (default: when standard
+    error is a terminal).
+    """
+    out = pathlib.Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    config = {"dataset": dataset, "model": model, "device": device, "protocol": asdict(protocol),
+              "runs": [r.run_id for r in runs], "torch": torch.__version__}
+    config_path = out / "config.json"
+    if config_path.exists():
+        previous = json.loads(config_path.read_text())
+        keys = ("dataset", "model", "protocol")
+        if any(previous.get(k) != json.loads(json.dumps(config[k])) for k in keys):
+            raise ValueError(f"{out} holds a sweep with another configuration ({config_path}); choose another --out")
+        config["runs"] = sorted(set(previous["runs"]) | set(config["runs"]))
+    scratch = config_path.with_name("config.json.partial")
+    scratch.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+    os.replace(scratch, config_path)
+
+    done_rows = _read_csv(out / "runs.csv")
+    history_rows = _read_csv(out / "history.csv")
+    done = {row["run_id"] for row in done_rows}
+    pending = [r for r in runs if r.run_id not in done]
+    if not pending:
+        return done_rows
+    ds = load_dataset(dataset)
+    size = chunk or len(pending)
+    chunks = [pending[i:i + size] for i in range(0, len(pending), size)]
+    show = sys.stderr.isatty() if progress is None else progress
+    from tqdm import tqdm
+
+    with tqdm(total=len(chunks) * protocol.steps, disable=not show, unit="step", desc=f"{len(pending)} runs") as bar:
+        for part in chunks:
+            last = [0]
+
+            def advance(step):
+                bar.update(step - last[0])
+                last[0] = step
+
+            for result in train.train_runs(model, ds, part, protocol, device=device, progress=advance):
+                final = result["history"][-1]
+                done_rows.append({**{k: result[k] for k in RUN_COLUMNS if k in result},
+                                  **{k: final[k] for k in RUN_COLUMNS if k in final}})
+                history_rows.extend({"run_id": result["run_id"], **h} for h in result["history"])
+            _write_csv(out / "history.csv", HISTORY_COLUMNS, history_rows)
+            _write_csv(out / "runs.csv", RUN_COLUMNS, done_rows)
+    return _read_csv(out / "runs.csv")
