@@ -1,12 +1,11 @@
 """Small networks for the experiments: the MNIST-1D CNN, an MLP, and CIFAR ResNet-20/44/56.
 
 The MNIST-1D CNN is Greydanus's (*Scaling down deep learning*, 2020): three 1-D convolutions of 25
-channels and a linear layer, with a GroupNorm after each convolution. The normalisation matters
-here: an EDF loss keeps the total length of its gradient fixed (derivative normalisation), so its
-implied objective has no minimum, and without normalisation layers and weight decay the logits of
-an IMAE- or DM-trained network grow without bound (chapter "Derivative manipulation"). GroupNorm
-rather than BatchNorm keeps no running statistics, so many copies of the network can be trained
-together with ``torch.func`` (:mod:`dmcore.train`).
+channels and a linear layer, here with a GroupNorm after each convolution. The EDF losses keep the
+total length of their gradient fixed (derivative normalisation), so their implied objective has no
+minimum (chapter "Derivative manipulation") and only weight decay and normalisation layers hold
+the logits back. GroupNorm rather than BatchNorm keeps no running statistics, so many copies of the
+network can be trained together with ``torch.func`` (:mod:`dmcore.train`).
 
 The CIFAR ResNets are those of He et al. (CVPR 2016, section 4.2): 3 stages of ``n`` basic blocks
 with 16, 32, 64 channels and identity shortcuts padded with zeros ("option A"), depth ``6n + 2``.
