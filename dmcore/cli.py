@@ -80,6 +80,12 @@ def _sweep(args) -> int:
     return 0
 
 
+def train_defaults():
+    from .train import Protocol
+
+    return Protocol()
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m dmcore", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
@@ -99,10 +105,11 @@ def main(argv=None) -> int:
                    help="SCHEME:RATES, repeatable: symmetric:0,0.2,0.4 pair:0.2,0.4 (default symmetric:0,0.2,0.4,0.6,0.8)")
     s.add_argument("--seeds", type=int, default=3)
     s.add_argument("--out", required=True, help="directory for config.json, runs.csv and history.csv")
-    s.add_argument("--steps", type=int, default=6000)
-    s.add_argument("--batch-size", type=int, default=100)
-    s.add_argument("--lr", type=float, default=0.05)
-    s.add_argument("--eval-every", type=int, default=250)
+    defaults = train_defaults()
+    s.add_argument("--steps", type=int, default=defaults.steps)
+    s.add_argument("--batch-size", type=int, default=defaults.batch_size)
+    s.add_argument("--lr", type=float, default=defaults.lr)
+    s.add_argument("--eval-every", type=int, default=defaults.eval_every)
     s.add_argument("--chunk", type=int, default=0, help="runs trained together (default: all pending runs)")
     s.add_argument("--device", default="cpu")
     s.add_argument("--threads", type=int, default=0)

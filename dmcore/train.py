@@ -40,11 +40,18 @@ __all__ = ["Protocol", "Run", "LossSpec", "parse_loss", "noisy_labels", "train_r
 @dataclass(frozen=True)
 class Protocol:
     """SGD with momentum and weight decay, the learning rate divided by 10 at each milestone (a
-    fraction of ``steps``), mini-batches drawn without replacement within each epoch."""
+    fraction of ``steps``), mini-batches drawn without replacement within each epoch.
+
+    The learning rate is small because the EDF losses' gradient keeps its length: momentum 0.9
+    accumulates it into steps of ``lr / (1 - 0.9)`` that never shrink. Measured on clean MNIST-1D
+    with the CNN of :mod:`dmcore.models` (2000 steps): at ``lr = 0.05`` DM (0.5, 8) reaches 59% test
+    accuracy and then collapses to 19%, and IMAE (T = 8) stays at 33%, while CCE reaches 93%; at
+    ``lr = 0.005`` CCE and DM both reach 90%.
+    """
 
     steps: int = 6000
     batch_size: int = 100
-    lr: float = 0.05
+    lr: float = 0.005
     momentum: float = 0.9
     weight_decay: float = 5e-4
     milestones: tuple[float, ...] = (0.5, 0.75)

@@ -13,6 +13,16 @@ def test_mnist1d_cnn_shapes_and_size():
     assert not any(isinstance(m, torch.nn.BatchNorm1d) for m in model.modules())  # no running statistics
 
 
+def test_mnist1d_cnn_convolutions_are_conv1d():
+    model = models.MNIST1DCNN().double()
+    h = torch.randn(6, 40, 1, dtype=torch.float64)
+    for conv in model.convs:
+        ours = models.MNIST1DCNN.conv(h, conv)
+        theirs = torch.nn.functional.conv1d(h.transpose(1, 2), conv.weight, conv.bias, conv.stride, conv.padding)
+        torch.testing.assert_close(ours, theirs.transpose(1, 2), rtol=1e-12, atol=1e-12)
+        h = torch.randn(6, ours.shape[1], conv.out_channels, dtype=torch.float64)
+
+
 def test_mlp():
     assert models.MLP(64, 10)(torch.randn(5, 8, 8)).shape == (5, 10)
 
