@@ -23,14 +23,18 @@ def _shape(text: str) -> tuple[int, ...]:
     return shape
 
 
+def _setup(args) -> None:
+    """The device must exist; the thread count is set when asked for."""
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError("--device cuda, but no CUDA device is available")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+
 def _bench(args) -> int:
     from . import bench
 
-    if args.device.startswith("cuda") and not torch.cuda.is_available():
-        print("error: --device cuda, but no CUDA device is available", file=sys.stderr)
-        return 2
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    _setup(args)
     results = bench.run(args.device, args.shapes, args.repeats)
     where = torch.cuda.get_device_name(args.device) if args.device.startswith("cuda") else \
         f"CPU, {torch.get_num_threads()} threads"
@@ -66,11 +70,7 @@ def _noise(text: str) -> tuple[str, list[float]]:
 def _sweep(args) -> int:
     from . import sweep, train
 
-    if args.device.startswith("cuda") and not torch.cuda.is_available():
-        print("error: --device cuda, but no CUDA device is available", file=sys.stderr)
-        return 2
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    _setup(args)
     protocol = train.Protocol(steps=args.steps, batch_size=args.batch_size, lr=args.lr, eval_every=args.eval_every)
     for name in args.losses:
         train.parse_loss(name)  # fail before any training
