@@ -80,13 +80,9 @@ def _sweep(args) -> int:
     return 0
 
 
-def train_defaults():
+def main(argv=None) -> int:
     from .train import Protocol
 
-    return Protocol()
-
-
-def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m dmcore", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
     b = commands.add_parser("bench", help="time and memory of the EDF losses against F.cross_entropy")
@@ -105,7 +101,7 @@ def main(argv=None) -> int:
                    help="SCHEME:RATES, repeatable: symmetric:0,0.2,0.4 pair:0.2,0.4 (default symmetric:0,0.2,0.4,0.6,0.8)")
     s.add_argument("--seeds", type=int, default=3)
     s.add_argument("--out", required=True, help="directory for config.json, runs.csv and history.csv")
-    defaults = train_defaults()
+    defaults = Protocol()
     s.add_argument("--steps", type=int, default=defaults.steps)
     s.add_argument("--batch-size", type=int, default=defaults.batch_size)
     s.add_argument("--lr", type=float, default=defaults.lr)

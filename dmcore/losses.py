@@ -118,7 +118,7 @@ def _targets(target, num_classes, ignore_index):
     return safe, counted & ~out_of_range, out_of_range
 
 
-def _raise_for(out_of_range, target, num_classes, ignore_index, nonfinite=None, where="logits"):
+def _raise_for(out_of_range, target, num_classes, ignore_index, nonfinite=None):
     """Raise a ValueError naming the first offending element, if any (called after one sync)."""
     if out_of_range is not None and bool(out_of_range.any()):
         idx = tuple(int(i) for i in out_of_range.nonzero()[0])
@@ -126,13 +126,15 @@ def _raise_for(out_of_range, target, num_classes, ignore_index, nonfinite=None, 
                          f"and is not ignore_index={ignore_index}")
     if nonfinite is not None and bool(nonfinite.any()):
         idx = tuple(int(i) for i in nonfinite.nonzero()[0])
-        raise ValueError(f"{where} contain NaN or +inf (or only -inf) in {int(nonfinite.sum())} element(s), "
+        raise ValueError(f"logits contain NaN or +inf (or only -inf) in {int(nonfinite.sum())} element(s), "
                          f"first at index {idx}")
 
 
-def _class_weights(weight, safe, counted, dtype):
-    c = counted.to(dtype)
-    return c if weight is None else c * weight.to(dtype)[safe]
+def _class_weights(weight, target, counted, dtype):
+    """Each element's class weight, 0 where not counted (1 for every counted element without ``weight``)."""
+    if weight is None:
+        return counted.to(dtype)
+    return torch.where(counted, weight.to(dtype)[torch.where(counted, target.long(), 0)], 0.0)
 
 
 def _reduce(values, c, reduction):
@@ -241,7 +243,7 @@ class _EDFFunction(torch.autograd.Function):
         counted = target != ignore_index
 
         w = torch.where(counted, edf(p), 0.0)
-        c = None if weight is None else torch.where(counted, weight.to(compute)[torch.where(counted, target.long(), 0)], 0.0)
+        c = None if weight is None else _class_weights(weight, target, counted, compute)
         cw = w if c is None else c * w
         low, high = torch.stack(torch.aminmax(cw)).tolist() if cw.numel() else (0.0, 0.0)
         if low < 0 or not math.isfinite(high):
