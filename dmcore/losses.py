@@ -11,7 +11,16 @@ and ``p_i = softmax(z_i)[y_i]``, the gradient is
 
 the unit-L1 CCE direction times the example's weight ``w(p)`` (an :class:`dmcore.edf.EDF`) and its
 class weight ``c``, over a normaliser ``Z``. ``u_i`` is computed as the right-hand form, without
-dividing by ``1 - p_i``, so it is exact and finite at ``p_i = 1``. With ``reduction='mean'``,
+dividing by ``1 - p_i``, so it is exact and finite at ``p_i = 1``.
+
+``eps > 0`` multiplies the gradient by ``2(1 - p_i) / (2(1 - p_i) + eps)``: the paper's code
+divides by ``2 - 2 p_i + 1e-6``, not by ``2(1 - p_i)``. With ``eps = 0`` every example keeps pushing
+with the length ``w(p)`` however well it is fitted, so its margin grows without bound; with
+``eps > 0`` an example stops once ``1 - p_i`` falls well below ``eps`` (a margin of about
+``log(1/eps)``, 14 for ``1e-6``), as under cross-entropy. :class:`DMLoss` and :class:`IMAELoss`
+default to the code's ``eps = 1e-6``: with ``eps = 0``, SGD with momentum drove the MNIST-1D CNN's
+logits to 1e3 and its test accuracy from 84% to 29% on clean data (:class:`dmcore.train.Protocol`);
+:class:`EDFLoss` defaults to ``eps = 0``, so that natural weights reproduce their losses' gradients. With ``reduction='mean'``,
 ``Z`` is the batch sum of ``c w`` (``normalizer='batch'``, the paper's derivative normalisation) or
 of ``c`` (``normalizer='count'``, the convention of ``nn.CrossEntropyLoss``); with ``'sum'`` and
 ``'none'``, ``Z = 1``.
@@ -231,7 +240,7 @@ class _EDFFunction(torch.autograd.Function):
     allocates); backward multiplies it by the upstream gradient, in place."""
 
     @staticmethod
-    def forward(ctx, input, target, edf, weight, ignore_index, reduction, normalizer, sync):
+    def forward(ctx, input, target, edf, weight, ignore_index, reduction, normalizer, sync, eps):
         num_classes = input.shape[1]
         compute = torch.float32 if input.dtype in (torch.float16, torch.bfloat16) else input.dtype
         kernel = kernels.cpu() if (input.device.type == "cpu" and input.dtype == torch.float32
@@ -260,6 +269,9 @@ class _EDFFunction(torch.autograd.Function):
         out = values if reduction == "none" else values.sum() / z if reduction == "mean" else values.sum()
         if ctx.needs_input_grad[0]:
             k = cw * (0.5 / z)                              # half the scale of each element
+            if eps > 0:                                     # the code's 2 - 2p + eps in place of 2(1 - p)
+                r = torch.where(counted, -2 * torch.expm1(log_p), 0.0)
+                k = k * (r / (r + eps))
             if kernel is not None:
                 k, norm = k.contiguous(), norm.contiguous()
                 kernel.edf_scale_f32(buf.data_ptr(), index.data_ptr(), buf.shape[0], num_classes,
@@ -280,13 +292,13 @@ class _EDFFunction(torch.autograd.Function):
         if g.dim() > 0:                                     # reduction='none': one factor per element
             g = g.unsqueeze(1)
         elif g.device.type == "cpu" and float(g) == 1.0:    # loss.backward(): nothing to multiply
-            return grad.to(ctx.input_dtype), None, None, None, None, None, None, None
+            return grad.to(ctx.input_dtype), None, None, None, None, None, None, None, None
         grad = grad * g if torch.compiler.is_compiling() else grad.mul_(g)
-        return grad.to(ctx.input_dtype), None, None, None, None, None, None, None
+        return grad.to(ctx.input_dtype), None, None, None, None, None, None, None, None
 
 
 def edf_loss(input, target, edf: EDF, weight=None, ignore_index: int = -100, reduction: str = "mean",
-             normalizer: str = "batch", sync_normalizer: bool = True):
+             normalizer: str = "batch", sync_normalizer: bool = True, eps: float = 0.0):
     """Loss whose gradient w.r.t. the logits is ``c w(p) / Z`` times the unit-L1 CCE direction.
 
     Args:
@@ -298,6 +310,7 @@ def edf_loss(input, target, edf: EDF, weight=None, ignore_index: int = -100, red
         reduction: ``'mean'`` (over ``Z``), ``'sum'`` or ``'none'``.
         normalizer: ``Z`` for ``'mean'``: ``'batch'`` (sum of weights) or ``'count'`` (sum of class weights).
         sync_normalizer: sum ``Z`` over the ranks when ``torch.distributed`` is initialised.
+        eps: ``>= 0``; the gradient is multiplied by ``2(1 - p) / (2(1 - p) + eps)`` (module docstring).
 
     Returns:
         The emphasis-weighted cross-entropy (a scalar, or ``(N, d1, ..., dk)`` for ``'none'``): for
@@ -307,18 +320,28 @@ def edf_loss(input, target, edf: EDF, weight=None, ignore_index: int = -100, red
         raise TypeError(f"edf must be a dmcore.edf.EDF (e.g. edf.dm(0.5, 8)), got {type(edf).__name__}")
     if normalizer not in NORMALIZERS:
         raise ValueError(f"normalizer must be one of {NORMALIZERS}, got {normalizer!r}")
+    _check_eps(eps)
     _check_call(input, target, weight, reduction)
-    return _EDFFunction.apply(input, target, edf, weight, ignore_index, reduction, normalizer, sync_normalizer)
+    return _EDFFunction.apply(input, target, edf, weight, ignore_index, reduction, normalizer, sync_normalizer,
+                              float(eps))
 
 
-def dm_loss(input, target, lam: float = 0.5, beta: float = 8, **kwargs):
-    """:func:`edf_loss` with DM's EDF ``exp(beta p^lam (1 - p))``."""
-    return edf_loss(input, target, edfs.dm(lam, beta), **kwargs)
+def _check_eps(eps):
+    if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not math.isfinite(eps) or eps < 0:
+        raise ValueError(f"eps must be a finite number >= 0, got {eps!r}")
 
 
-def imae_loss(input, target, T: float = 8, **kwargs):
-    """:func:`edf_loss` with IMAE's EDF ``exp(T p (1 - p))``."""
-    return edf_loss(input, target, edfs.imae(T), **kwargs)
+PAPER_EPS = 1e-6   # the DM paper's code: the gradient divided by 2 - 2p + 1e-6
+
+
+def dm_loss(input, target, lam: float = 0.5, beta: float = 8, eps: float = PAPER_EPS, **kwargs):
+    """:func:`edf_loss` with DM's EDF ``exp(beta p^lam (1 - p))`` and the code's ``eps``."""
+    return edf_loss(input, target, edfs.dm(lam, beta), eps=eps, **kwargs)
+
+
+def imae_loss(input, target, T: float = 8, eps: float = PAPER_EPS, **kwargs):
+    """:func:`edf_loss` with IMAE's EDF ``exp(T p (1 - p))`` and the code's ``eps``."""
+    return edf_loss(input, target, edfs.imae(T), eps=eps, **kwargs)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -385,34 +408,35 @@ class EDFLoss(_Loss):
     """:func:`edf_loss` as a module: ``EDFLoss(edf.normal(psi=0.7, beta=8))(logits, target)``."""
 
     def __init__(self, edf: EDF, weight=None, ignore_index: int = -100, reduction: str = "mean",
-                 normalizer: str = "batch", sync_normalizer: bool = True):
+                 normalizer: str = "batch", sync_normalizer: bool = True, eps: float = 0.0):
         super().__init__(weight, ignore_index, reduction)
+        _check_eps(eps)
         if not isinstance(edf, EDF):
             raise TypeError(f"edf must be a dmcore.edf.EDF, got {type(edf).__name__}")
         if normalizer not in NORMALIZERS:
             raise ValueError(f"normalizer must be one of {NORMALIZERS}, got {normalizer!r}")
-        self.edf, self.normalizer, self.sync_normalizer = edf, normalizer, sync_normalizer
+        self.edf, self.normalizer, self.sync_normalizer, self.eps = edf, normalizer, sync_normalizer, eps
 
     def forward(self, input, target):
         return edf_loss(input, target, self.edf, normalizer=self.normalizer,
-                        sync_normalizer=self.sync_normalizer, **self._common())
+                        sync_normalizer=self.sync_normalizer, eps=self.eps, **self._common())
 
     def extra_repr(self):
-        return f"edf={self.edf.name}, normalizer={self.normalizer}, reduction={self.reduction}"
+        return f"edf={self.edf.name}, normalizer={self.normalizer}, reduction={self.reduction}, eps={self.eps:g}"
 
 
 class DMLoss(EDFLoss):
     """Derivative manipulation with ``w(p) = exp(beta p^lam (1 - p))``: mode ``lam/(lam+1)``, spread ``beta``."""
 
-    def __init__(self, lam: float = 0.5, beta: float = 8, **kwargs):
-        super().__init__(edfs.dm(lam, beta), **kwargs)
+    def __init__(self, lam: float = 0.5, beta: float = 8, eps: float = PAPER_EPS, **kwargs):
+        super().__init__(edfs.dm(lam, beta), eps=eps, **kwargs)
 
 
 class IMAELoss(EDFLoss):
     """IMAE: ``w(p) = exp(T p (1 - p))`` (DM with ``lam = 1, beta = T``)."""
 
-    def __init__(self, T: float = 8, **kwargs):
-        super().__init__(edfs.imae(T), **kwargs)
+    def __init__(self, T: float = 8, eps: float = PAPER_EPS, **kwargs):
+        super().__init__(edfs.imae(T), eps=eps, **kwargs)
 
 
 class CCELoss(_Loss):

@@ -31,8 +31,9 @@ def make_batch(shape=(12, 5), seed=0, dtype=torch.float64, scale=3.0, ignore_som
     return logits.requires_grad_(), target
 
 
-def loop_reference(logits, target, w, weight=None, ignore_index=-100, reduction="mean", normalizer="batch"):
-    """Value and gradient of an EDF loss with plain Python loops over the elements, from the formulas."""
+def loop_reference(logits, target, w, weight=None, ignore_index=-100, reduction="mean", normalizer="batch", eps=0.0):
+    """Value and gradient of an EDF loss with plain Python loops over the elements, from the formulas
+    (with ``eps``, the paper's code: ``(p - e_y) / (2 - 2 p + eps)``)."""
     x = logits.detach().double().movedim(1, -1).reshape(-1, logits.shape[1]).tolist()
     t = target.reshape(-1).tolist()
     elements = []
@@ -46,7 +47,7 @@ def loop_reference(logits, target, w, weight=None, ignore_index=-100, reduction=
         prob = [e / total for e in exps]
         c = 1.0 if weight is None else float(weight[y])
         wy = float(w(torch.tensor([prob[y]], dtype=torch.float64))[0])
-        direction = [(prob[j] - (j == y)) / (2 * (1 - prob[y])) for j in range(len(row))]
+        direction = [(prob[j] - (j == y)) / (2 * (1 - prob[y]) + eps) for j in range(len(row))]
         elements.append((c, wy, -math.log(prob[y]), direction))
     counted = [e for e in elements if e is not None]
     if reduction == "mean":
@@ -80,10 +81,50 @@ def test_edf_loss_matches_plain_loop_reference(name, reduction, normalizer, shap
 
 
 def test_batch_normalised_gradients_have_unit_total_length():
+    """Exactly 1 with eps = 0; with the code's eps each element loses eps / (2(1 - p) + eps) of it."""
     logits, target = make_batch((64, 10), ignore_some=False)
-    losses.dm_loss(logits, target).backward()
+    losses.dm_loss(logits, target, eps=0).backward()
     torch.testing.assert_close(logits.grad.abs().sum(), torch.tensor(1.0, dtype=torch.float64))
+    logits.grad = None
+    losses.dm_loss(logits, target).backward()
+    assert 1 - 1e-4 < logits.grad.abs().sum().item() < 1
 
+@pytest.mark.parametrize("eps", [1e-6, 1e-2])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_eps_is_the_papers_code_rule(eps, dtype):
+    """The gradient with ``eps`` is the code's ``w / Z (p - e_y) / (2 - 2p + eps)``, through both the
+    kernel (float32 on CPU) and the PyTorch path; the value does not depend on ``eps``."""
+    logits, target = make_batch((64, 7), scale=6.0)
+    logits = logits.detach().to(dtype).requires_grad_()
+    value = losses.dm_loss(logits, target, eps=eps)
+    value.backward()
+    ref_value, ref_grad = loop_reference(logits, target, EDFS["dm"], eps=eps)
+    tol = dict(rtol=1e-10, atol=1e-13) if dtype == torch.float64 else dict(rtol=2e-5, atol=1e-7)
+    torch.testing.assert_close(logits.grad.double(), ref_grad, **tol)
+    torch.testing.assert_close(value.double(), ref_value, **tol)
+    exact = losses.dm_loss(logits, target, eps=0.0)
+    torch.testing.assert_close(value, exact, rtol=0, atol=0)
+
+
+def test_eps_stops_fitted_examples_and_defaults():
+    """With the defaults (eps = 1e-6) a confidently fitted example stops pushing, as in the paper's code;
+    with eps = 0 it keeps pushing with its weight w(1) = 1 (unit L1 length before normalisation)."""
+    confident = torch.tensor([[40.0, 0.0, 0.0]], requires_grad=True)
+    for loss, length in ((losses.DMLoss(reduction="sum"), 0.0), (losses.DMLoss(reduction="sum", eps=0), 1.0),
+                         (losses.IMAELoss(reduction="sum"), 0.0), (losses.EDFLoss(edf.dm(), reduction="sum"), 1.0)):
+        (grad,) = torch.autograd.grad(loss(confident, torch.tensor([0])), confident)
+        assert abs(grad.abs().sum().item() - length) < 1e-6, (loss, grad)
+    assert losses.DMLoss().eps == losses.IMAELoss().eps == 1e-6 and losses.EDFLoss(edf.dm()).eps == 0
+    assert "eps=1e-06" in repr(losses.DMLoss())
+
+
+@pytest.mark.parametrize("eps", [-1e-6, float("nan"), float("inf"), "1e-6", True])
+def test_bad_eps_is_refused(eps):
+    logits, target = make_batch()
+    with pytest.raises(ValueError, match="eps must be a finite number >= 0"):
+        losses.dm_loss(logits, target, eps=eps)
+    with pytest.raises(ValueError, match="eps must be a finite number >= 0"):
+        losses.DMLoss(eps=eps)
 
 # ---------------------------------------------------------------- one mechanism, independently checked
 
@@ -185,7 +226,7 @@ def test_exact_and_finite_at_p_equal_one_and_extreme_logits():
     logits = torch.tensor([[1e4, -1e4, 0.0], [0.0, 1e4, -1e4], [-1e4, -1e4, 1e4], [50.0, 0.0, 0.0]],
                           dtype=torch.float32, requires_grad=True)
     target = torch.tensor([0, 0, 2, 0])
-    value = losses.DMLoss(lam=0.5, beta=8, reduction="sum")(logits, target)
+    value = losses.DMLoss(lam=0.5, beta=8, reduction="sum", eps=0)(logits, target)
     value.backward()
     g = logits.grad
     assert torch.isfinite(value) and torch.isfinite(g).all()
@@ -247,7 +288,7 @@ def test_non_finite_logits_in_ignored_elements_do_not_spread():
     logits[1, 2], logits[3] = math.nan, -math.inf
     target[1], target[3] = -100, -100
     x = logits.requires_grad_()
-    value = losses.DMLoss()(x, target)
+    value = losses.DMLoss(eps=0)(x, target)
     value.backward()
     assert torch.isfinite(value) and torch.isfinite(x.grad).all()
     assert x.grad[[1, 3]].abs().sum() == 0
@@ -258,7 +299,7 @@ def test_non_finite_logits_in_ignored_elements_do_not_spread():
 def test_minus_inf_on_other_classes_is_a_mask_and_on_the_label_gives_p_zero():
     logits = torch.tensor([[2.0, -math.inf, 0.0], [-math.inf, 1.0, 0.0]], dtype=torch.float64, requires_grad=True)
     target = torch.tensor([0, 0])
-    value = losses.IMAELoss(reduction="none")(logits, target)
+    value = losses.IMAELoss(reduction="none", eps=0)(logits, target)
     value.sum().backward()
     assert torch.isfinite(value).all() and torch.isfinite(logits.grad).all()
     assert logits.grad[0, 1] == 0                                  # a masked class gets no gradient
