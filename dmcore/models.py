@@ -8,6 +8,11 @@ normalisation layers hold the logits back. LayerNorm rather than BatchNorm keeps
 statistics, so many copies of the network can be trained together with ``torch.func``
 (:mod:`dmcore.train`).
 
+:meth:`MNIST1DCNN.forward_stacked` computes ``R`` copies at once from stacked parameters (as
+``torch.func.stack_module_state`` makes them), each on its own inputs, with batched matrix products;
+on CPU in float32 the im2col, its transpose and the fused LayerNorm + ReLU (forward and backward)
+run in a compiled kernel (:func:`dmcore.kernels.conv1d`), elsewhere in PyTorch ops.
+
 The CIFAR ResNets are those of He et al. (CVPR 2016, section 4.2): 3 stages of ``n`` basic blocks
 with 16, 32, 64 channels and identity shortcuts padded with zeros ("option A"), depth ``6n + 2``.
 """
@@ -17,6 +22,8 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+from . import kernels
 
 __all__ = ["MNIST1DCNN", "MLP", "CifarResNet", "resnet20", "resnet44", "resnet56", "build"]
 
@@ -57,6 +64,91 @@ class MNIST1DCNN(nn.Module):
         for conv, norm in zip(self.convs, self.norms):
             h = F.relu(norm(self.conv(h, conv)))
         return self.linear(h.flatten(1))
+
+    def forward_stacked(self, params: dict, x: torch.Tensor) -> torch.Tensor:
+        """``R`` copies at once: ``params`` as from ``stack_module_state`` (each ``(R, *shape)``),
+        ``x (R, B, 40)``, one batch per copy; returns logits ``(R, B, num_classes)``. Equals
+        ``forward`` of each copy on its batch (tested); ``self`` supplies only the architecture."""
+        runs, batch = x.shape[0], x.shape[1]
+        h = x.reshape(runs, batch, self.length, 1)
+        lib = kernels.conv1d() if x.device.type == "cpu" and x.dtype == torch.float32 else None
+        for i, (conv, norm) in enumerate(zip(self.convs, self.norms)):
+            weight, bias = params[f"convs.{i}.weight"], params[f"convs.{i}.bias"]
+            gamma, beta = params.get(f"norms.{i}.weight"), params.get(f"norms.{i}.bias")
+            spec = (conv.kernel_size[0], conv.stride[0], conv.padding[0])
+            if lib is not None and gamma is not None and conv.out_channels <= 256:
+                h = _ConvLayerNormReLU.apply(h, weight, bias, gamma, beta, spec, lib)
+            else:
+                h = _conv_layer_norm_relu(h, weight, bias, gamma, beta, spec)
+        feats = h.reshape(runs, batch, -1)
+        return torch.baddbmm(params["linear.bias"].unsqueeze(1), feats, params["linear.weight"].transpose(1, 2))
+
+
+def _conv_layer_norm_relu(h, weight, bias, gamma, beta, spec):
+    """Reference for :class:`_ConvLayerNormReLU` in PyTorch ops: ``h (R, B, L, Cin)`` -> ``(R, B, Lout, Cout)``;
+    ``gamma = None``: no LayerNorm."""
+    k, stride, pad = spec
+    runs, batch, _, c_in = h.shape
+    cols = F.pad(h, (0, 0, pad, pad)).unfold(2, k, stride)                 # (R, B, Lout, Cin, k)
+    length = cols.shape[2]
+    out = torch.baddbmm(bias.unsqueeze(1), cols.reshape(runs, batch * length, c_in * k),
+                        weight.reshape(runs, weight.shape[1], -1).transpose(1, 2))
+    if gamma is not None:
+        out = F.layer_norm(out, out.shape[-1:]) * gamma.unsqueeze(1) + beta.unsqueeze(1)
+    return out.relu().view(runs, batch, length, -1)
+
+
+class _ConvLayerNormReLU(torch.autograd.Function):
+    """R stacked ``relu(LayerNorm(conv1d(h)))`` layers, float32 on CPU, the non-matmul work in
+    :func:`dmcore.kernels.conv1d`: ``h (R, B, L, Cin)``, ``weight (R, Cout, Cin, k)``, ``bias``,
+    ``gamma``, ``beta (R, Cout)`` -> ``(R, B, Lout, Cout)``. LayerNorm's epsilon is nn.LayerNorm's 1e-5."""
+
+    @staticmethod
+    def forward(ctx, h, weight, bias, gamma, beta, spec, lib):
+        k, stride, pad = spec
+        runs, batch, length, c_in = h.shape
+        c_out = weight.shape[1]
+        length_out = (length + 2 * pad - k) // stride + 1
+        threads = torch.get_num_threads()
+        h = h.contiguous()
+        cols = torch.empty(runs, batch * length_out, c_in * k)
+        lib.conv1d_im2col(h.data_ptr(), runs * batch, length, c_in, k, stride, pad, length_out, cols.data_ptr(), threads)
+        w = weight.permute(0, 1, 3, 2).reshape(runs, c_out, k * c_in)  # the columns' (k, Cin) order
+        out = torch.baddbmm(bias.unsqueeze(1), cols, w.transpose(1, 2))  # becomes the normalised n
+        gamma, beta = gamma.contiguous(), beta.contiguous()
+        y = torch.empty_like(out)
+        rstd = torch.empty(runs, batch * length_out)
+        lib.ln_relu_forward(out.data_ptr(), y.data_ptr(), rstd.data_ptr(), gamma.data_ptr(), beta.data_ptr(),
+                            runs, batch * length_out, c_out, 1e-5, threads)
+        ctx.save_for_backward(cols, w, out, rstd, gamma, beta)
+        ctx.shape, ctx.spec, ctx.lib = (runs, batch, length, c_in, length_out), spec, lib
+        return y.view(runs, batch, length_out, c_out)
+
+    @staticmethod
+    def backward(ctx, grad):
+        cols, w, n, rstd, gamma, beta = ctx.saved_tensors
+        runs, batch, length, c_in, length_out = ctx.shape
+        (k, stride, pad), lib = ctx.spec, ctx.lib
+        c_out = w.shape[1]
+        threads = torch.get_num_threads()
+        grad = grad.contiguous()
+        dx = torch.empty_like(n)
+        grad_gamma, grad_beta, grad_bias = (torch.empty(runs, c_out) for _ in range(3))
+        lib.ln_relu_backward(grad.data_ptr(), n.data_ptr(), rstd.data_ptr(), gamma.data_ptr(), beta.data_ptr(),
+                             dx.data_ptr(), grad_gamma.data_ptr(), grad_beta.data_ptr(), grad_bias.data_ptr(),
+                             runs, batch * length_out, c_out, threads)
+        if k * c_in < c_out:   # the faster order of the product for few columns (the first layer)
+            grad_w = torch.bmm(cols.transpose(1, 2), dx).transpose(1, 2)
+        else:
+            grad_w = torch.bmm(dx.transpose(1, 2), cols)
+        grad_weight = grad_w.reshape(runs, c_out, k, c_in).permute(0, 1, 3, 2).contiguous()
+        grad_h = None
+        if ctx.needs_input_grad[0]:
+            grad_cols = torch.bmm(dx, w)
+            grad_h = torch.empty(runs, batch, length, c_in)
+            lib.conv1d_col2im(grad_cols.data_ptr(), runs * batch, length, c_in, k, stride, pad, length_out,
+                              grad_h.data_ptr(), threads)
+        return grad_h, grad_weight, grad_bias, grad_gamma, grad_beta, None, None
 
 
 class MLP(nn.Module):

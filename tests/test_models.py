@@ -42,3 +42,58 @@ def test_build_names_the_problem():
         models.build("mlp", 10)
     with pytest.raises(ValueError, match="depth 6n \\+ 2"):
         models.CifarResNet(21)
+
+
+def _stacked_copies(runs, dtype, seed=0):
+    torch.manual_seed(seed)
+    nets = [models.MNIST1DCNN().to(dtype) for _ in range(runs)]
+    for net in nets:                                   # LayerNorm affine away from (1, 0): negative gains too
+        for p in net.norms.parameters():
+            p.data.normal_()
+    params, _ = torch.func.stack_module_state(nets)
+    return nets, {k: v.detach().requires_grad_() for k, v in params.items()}
+
+
+@pytest.mark.parametrize("dtype, kernel", [(torch.float64, "1"), (torch.float32, "1"), (torch.float32, "0")],
+                         ids=["float64-pytorch", "float32-kernel", "float32-pytorch"])
+def test_forward_stacked_equals_each_copy(dtype, kernel, monkeypatch):
+    """R copies at once give each copy's logits and each copy's parameter gradients, through the
+    compiled kernel (float32 on CPU) and through PyTorch ops."""
+    monkeypatch.setenv("DMCORE_CPU_KERNEL", kernel)
+    nets, params = _stacked_copies(3, dtype)
+    gen = torch.Generator().manual_seed(1)
+    x = torch.randn(3, 7, 40, generator=gen, dtype=torch.float64).to(dtype)
+    upstream = torch.randn(3, 7, 10, generator=gen, dtype=torch.float64).to(dtype)
+    out = nets[0].forward_stacked(params, x)
+    (out * upstream).sum().backward()
+    tol = dict(rtol=1e-12, atol=1e-12) if dtype == torch.float64 else dict(rtol=2e-5, atol=2e-5)
+    for r, net in enumerate(nets):
+        alone = net(x[r])
+        torch.testing.assert_close(out[r], alone, **tol)
+        (alone * upstream[r]).sum().backward()
+        for name, p in net.named_parameters():
+            torch.testing.assert_close(params[name].grad[r], p.grad, **tol, msg=name)
+
+
+def test_stacked_layer_kernel_against_float64():
+    """The compiled im2col / LayerNorm + ReLU / col2im layer against PyTorch ops in float64, input
+    gradient included, for every layer shape of the CNN."""
+    from dmcore import kernels
+    lib = kernels.conv1d()
+    if lib is None:
+        pytest.skip("no C compiler: the PyTorch path is the one in use")
+    gen = torch.Generator().manual_seed(2)
+    for (c_in, length, k) in [(1, 40, 5), (25, 19, 3), (25, 10, 3)]:
+        h = torch.randn(4, 6, length, c_in, generator=gen, dtype=torch.float64, requires_grad=True)
+        weight = torch.randn(4, 25, c_in, k, generator=gen, dtype=torch.float64, requires_grad=True)
+        bias, gamma, beta = (torch.randn(4, 25, generator=gen, dtype=torch.float64, requires_grad=True) for _ in range(3))
+        inputs = (h, weight, bias, gamma, beta)
+        ref = models._conv_layer_norm_relu(*inputs, (k, 2, 1))
+        upstream = torch.randn(ref.shape, generator=gen, dtype=torch.float64)
+        ref_grads = torch.autograd.grad((ref * upstream).sum(), inputs)
+        f32 = [t.detach().float().requires_grad_() for t in inputs]
+        ours = models._ConvLayerNormReLU.apply(*f32, (k, 2, 1), lib)
+        grads = torch.autograd.grad((ours * upstream.float()).sum(), f32)
+        torch.testing.assert_close(ours.double(), ref, rtol=1e-5, atol=1e-5)
+        for name, a, b in zip(["h", "weight", "bias", "gamma", "beta"], grads, ref_grads):
+            torch.testing.assert_close(a.double(), b, rtol=1e-4, atol=1e-4, msg=name)

@@ -1,9 +1,11 @@
-"""Compiled fast paths for the EDF losses; the PyTorch code in :mod:`dmcore.losses` is the reference.
+"""Compiled CPU fast paths; the PyTorch code beside each caller is the reference.
 
-:func:`cpu` compiles ``edf_cpu.c`` with the system C compiler on first use (about a second), caches
-the shared library per user under ``$DMCORE_CACHE`` (default ``~/.cache/dmcore``) keyed by the
-source, the flags and the compiler, and loads it with ctypes. It returns None, and the losses use
-the PyTorch path, when ``DMCORE_CPU_KERNEL=0`` or when no compiler is available.
+:func:`cpu` (``edf_cpu.c``: the EDF losses, :mod:`dmcore.losses`) and :func:`conv1d`
+(``conv1d_cpu.c``: stacked convolution + LayerNorm + ReLU layers, :mod:`dmcore.models`) compile
+their source with the system C compiler on first use (about a second), cache the shared library
+per user under ``$DMCORE_CACHE`` (default ``~/.cache/dmcore``) keyed by the source, the flags and
+the compiler, and load it with ctypes. They return None, and the callers use their PyTorch path,
+when ``DMCORE_CPU_KERNEL=0`` or when no compiler is available.
 """
 
 from __future__ import annotations
@@ -18,9 +20,9 @@ import tempfile
 
 import torch
 
-__all__ = ["cpu"]
+__all__ = ["cpu", "conv1d"]
 
-_SOURCE = pathlib.Path(__file__).with_name("edf_cpu.c")
+_HERE = pathlib.Path(__file__).parent
 _loaded: dict[str, object] = {}
 
 
@@ -43,7 +45,8 @@ def _cache_dir() -> pathlib.Path:
         return fallback
 
 
-def _build() -> ctypes.CDLL | None:
+def _build(name: str) -> ctypes.CDLL | None:
+    source = _HERE / f"{name}.c"
     compiler = os.environ.get("CC") or shutil.which("gcc") or shutil.which("cc")
     if compiler is None:
         return None
@@ -52,28 +55,47 @@ def _build() -> ctypes.CDLL | None:
         version = subprocess.run([compiler, "--version"], capture_output=True, text=True, timeout=60).stdout
     except (OSError, subprocess.SubprocessError):
         return None
-    key = hashlib.sha256("\0".join([_SOURCE.read_text(), " ".join(flags), version]).encode()).hexdigest()[:16]
-    target = _cache_dir() / f"edf_cpu-{key}.so"
+    key = hashlib.sha256("\0".join([source.read_text(), " ".join(flags), version]).encode()).hexdigest()[:16]
+    target = _cache_dir() / f"{name}-{key}.so"
     if not target.exists():
         fd, scratch = tempfile.mkstemp(suffix=".so", dir=target.parent)
         os.close(fd)
-        result = subprocess.run([compiler, *flags, str(_SOURCE), "-o", scratch, "-lm"], capture_output=True, text=True)
+        result = subprocess.run([compiler, *flags, str(source), "-o", scratch, "-lm"], capture_output=True, text=True)
         if result.returncode != 0:
             os.unlink(scratch)
             return None
         os.replace(scratch, target)  # atomic: concurrent builders all end with a complete file
     lib = ctypes.CDLL(str(target))
-    i64, ptr = ctypes.c_int64, ctypes.c_void_p
-    lib.edf_forward_f32.argtypes = [ptr, ptr, i64, i64, i64, i64, ptr, ptr, ptr, ptr, ctypes.c_int]
-    lib.edf_scale_f32.argtypes = [ptr, ptr, i64, i64, i64, i64, ptr, ptr, ctypes.c_float, ctypes.c_int]
-    lib.edf_forward_f32.restype = lib.edf_scale_f32.restype = None
+    for function, argtypes in _SIGNATURES[name].items():
+        getattr(lib, function).argtypes = argtypes
+        getattr(lib, function).restype = None
     return lib
 
 
-def cpu():
-    """The compiled CPU kernel (a ctypes library), or None where it is disabled or cannot be built."""
+_i64, _ptr, _f32, _int = ctypes.c_int64, ctypes.c_void_p, ctypes.c_float, ctypes.c_int
+_SIGNATURES = {
+    "edf_cpu": {"edf_forward_f32": [_ptr, _ptr, _i64, _i64, _i64, _i64, _ptr, _ptr, _ptr, _ptr, _int],
+                "edf_scale_f32": [_ptr, _ptr, _i64, _i64, _i64, _i64, _ptr, _ptr, _f32, _int]},
+    "conv1d_cpu": {"conv1d_im2col": [_ptr, *[_i64] * 7, _ptr, _int],
+                   "conv1d_col2im": [_ptr, *[_i64] * 7, _ptr, _int],
+                   "ln_relu_forward": [_ptr, _ptr, _ptr, _ptr, _ptr, _i64, _i64, _i64, _f32, _int],
+                   "ln_relu_backward": [*[_ptr] * 9, _i64, _i64, _i64, _int]},
+}
+
+
+def _load(name: str):
     if os.environ.get("DMCORE_CPU_KERNEL", "1") == "0":
         return None
-    if "cpu" not in _loaded:
-        _loaded["cpu"] = _build()
-    return _loaded["cpu"]
+    if name not in _loaded:
+        _loaded[name] = _build(name)
+    return _loaded[name]
+
+
+def cpu():
+    """The EDF losses' compiled CPU kernel (a ctypes library), or None where it is disabled or cannot be built."""
+    return _load("edf_cpu")
+
+
+def conv1d():
+    """The stacked conv + LayerNorm + ReLU kernels (a ctypes library), or None as for :func:`cpu`."""
+    return _load("conv1d_cpu")

@@ -1,0 +1,130 @@
+/* CPU kernels (float32) for R stacked copies of a 1-D convolution followed by a LayerNorm over the
+ * channels and a ReLU, called from dmcore/models.py through ctypes. The matrix products stay in
+ * PyTorch (batched over the copies); these kernels do, in one pass each, what PyTorch does in many:
+ *
+ *   conv1d_im2col:  h (RB, L, Cin) -> cols (RB, Lout, k*Cin),
+ *                   cols[rb, l, j*Cin + c] = h[rb, s*l + j - pad, c]  (0 outside [0, L)),
+ *                   so each tap j copies Cin contiguous floats (the weight is permuted to match);
+ *   conv1d_col2im:  the transpose: grad_h[rb, s*l + j - pad, c] = sum of grad_cols[rb, l, j*Cin + c];
+ *   ln_relu_forward:  x (R, M, C), per row: n = (x - mean) / sqrt(var + eps) (biased variance),
+ *                   h = relu(n * gamma[r] + beta[r]); n overwrites x, rstd = 1/sqrt(var + eps);
+ *   ln_relu_backward: from g = dLoss/dh: ga = g where n*gamma + beta > 0 (else 0), gn = ga*gamma,
+ *                   dx = rstd (gn - mean(gn) - n mean(gn n)), and per copy r the sums over its M
+ *                   rows of ga n (gamma's gradient), ga (beta's) and dx (the convolution bias's).
+ *
+ * RB = R * B rows of examples; copies are independent, so threads split them (or the rows).
+ * The ReLU mask is recomputed with fmaf in both passes, so forward and backward agree exactly.
+ */
+#include <math.h>
+#include <stdint.h>
+#include <string.h>
+
+void conv1d_im2col(const float *h, int64_t RB, int64_t L, int64_t Cin, int64_t k, int64_t s,
+                   int64_t pad, int64_t Lout, float *cols, int threads) {
+#pragma omp parallel for num_threads(threads) schedule(static)
+    for (int64_t rb = 0; rb < RB; ++rb) {
+        const float *hr = h + rb * L * Cin;
+        float *cr = cols + rb * Lout * Cin * k;
+        for (int64_t l = 0; l < Lout; ++l) {
+            float *row = cr + l * Cin * k;
+            for (int64_t j = 0; j < k; ++j) {
+                int64_t li = s * l + j - pad;
+                if (Cin == 1)
+                    row[j] = li < 0 || li >= L ? 0.0f : hr[li];
+                else if (li < 0 || li >= L)
+                    memset(row + j * Cin, 0, sizeof(float) * Cin);
+                else
+                    memcpy(row + j * Cin, hr + li * Cin, sizeof(float) * Cin);
+            }
+        }
+    }
+}
+
+void conv1d_col2im(const float *cols, int64_t RB, int64_t L, int64_t Cin, int64_t k, int64_t s,
+                   int64_t pad, int64_t Lout, float *grad_h, int threads) {
+#pragma omp parallel for num_threads(threads) schedule(static)
+    for (int64_t rb = 0; rb < RB; ++rb) {
+        float *gr = grad_h + rb * L * Cin;
+        const float *cr = cols + rb * Lout * Cin * k;
+        memset(gr, 0, sizeof(float) * L * Cin);
+        for (int64_t l = 0; l < Lout; ++l) {
+            const float *row = cr + l * Cin * k;
+            for (int64_t j = 0; j < k; ++j) {
+                int64_t li = s * l + j - pad;
+                if (li < 0 || li >= L) continue;
+                float *dst = gr + li * Cin;
+                const float *src = row + j * Cin;
+#pragma omp simd
+                for (int64_t c = 0; c < Cin; ++c) dst[c] += src[c];
+            }
+        }
+    }
+}
+
+void ln_relu_forward(float *x, float *h, float *rstd, const float *gamma, const float *beta,
+                     int64_t R, int64_t M, int64_t C, float eps, int threads) {
+#pragma omp parallel for num_threads(threads) schedule(static)
+    for (int64_t t = 0; t < R * M; ++t) {
+        const float *g = gamma + (t / M) * C, *b = beta + (t / M) * C;
+        float *row = x + t * C, *out = h + t * C;
+        float mean = 0.0f, var = 0.0f;
+#pragma omp simd reduction(+:mean)
+        for (int64_t c = 0; c < C; ++c) mean += row[c];
+        mean /= (float)C;
+#pragma omp simd reduction(+:var)
+        for (int64_t c = 0; c < C; ++c) { float d = row[c] - mean; var += d * d; }
+        float rs = 1.0f / sqrtf(var / (float)C + eps);
+        rstd[t] = rs;
+#pragma omp simd
+        for (int64_t c = 0; c < C; ++c) {
+            float n = (row[c] - mean) * rs;
+            row[c] = n;
+            float a = fmaf(n, g[c], b[c]);
+            out[c] = a > 0.0f ? a : 0.0f;
+        }
+    }
+}
+
+void ln_relu_backward(const float *grad_h, const float *n, const float *rstd, const float *gamma,
+                      const float *beta, float *dx, float *grad_gamma, float *grad_beta,
+                      float *grad_bias, int64_t R, int64_t M, int64_t C, int threads) {
+#pragma omp parallel for num_threads(threads) schedule(static)
+    for (int64_t r = 0; r < R; ++r) {
+        const float *g = gamma + r * C, *b = beta + r * C;
+        float *gg = grad_gamma + r * C, *gb = grad_beta + r * C, *gbias = grad_bias + r * C;
+        double acc_g[256] = {0}, acc_b[256] = {0}, acc_bias[256] = {0};
+        float part_g[256], part_b[256], part_bias[256], gn[256];
+        for (int64_t m0 = 0; m0 < M; m0 += 64) {   /* float partial sums over 64 rows, then double */
+            int64_t m1 = m0 + 64 < M ? m0 + 64 : M;
+            for (int64_t c = 0; c < C; ++c) part_g[c] = part_b[c] = part_bias[c] = 0.0f;
+            for (int64_t m = m0; m < m1; ++m) {
+                int64_t t = r * M + m;
+                const float *go = grad_h + t * C, *nr = n + t * C;
+                float *dr = dx + t * C;
+                float s1 = 0.0f, s2 = 0.0f;
+#pragma omp simd reduction(+:s1, s2)
+                for (int64_t c = 0; c < C; ++c) {
+                    float ga = fmaf(nr[c], g[c], b[c]) > 0.0f ? go[c] : 0.0f;
+                    part_g[c] += ga * nr[c];
+                    part_b[c] += ga;
+                    gn[c] = ga * g[c];
+                    s1 += gn[c];
+                    s2 += gn[c] * nr[c];
+                }
+                float mean1 = s1 / (float)C, mean2 = s2 / (float)C, rs = rstd[t];
+#pragma omp simd
+                for (int64_t c = 0; c < C; ++c) {
+                    float d = rs * (gn[c] - mean1 - nr[c] * mean2);
+                    dr[c] = d;
+                    part_bias[c] += d;
+                }
+            }
+            for (int64_t c = 0; c < C; ++c) {
+                acc_g[c] += part_g[c]; acc_b[c] += part_b[c]; acc_bias[c] += part_bias[c];
+            }
+        }
+        for (int64_t c = 0; c < C; ++c) {
+            gg[c] = (float)acc_g[c]; gb[c] = (float)acc_b[c]; gbias[c] = (float)acc_bias[c];
+        }
+    }
+}
