@@ -50,8 +50,11 @@ def test_loss_names():
     assert train.parse_loss("dm:lam=1,beta=16").weight.params == {"lam": 1.0, "beta": 16.0}
     assert train.parse_loss("gce:q=0.5").weight.params == {"q": 0.5}
     assert train.parse_loss("cce-dn").edf_path and not train.parse_loss("cce").edf_path
+    assert train.parse_loss("dm").eps == train.parse_loss("imae").eps == 1e-6     # the papers' code
+    assert train.parse_loss("dm:eps=0").eps == 0 and train.parse_loss("cce-dn").eps == 0
     for bad, message in [("hinge", "unknown loss"), ("imae-dn", "unknown loss"), ("dm:gamma=2", "no parameter 'gamma'"),
-                         ("dm:lam=x", "must be a number"), ("dm:lam=-1", "lam must lie in")]:
+                         ("dm:lam=x", "must be a number"), ("dm:lam=-1", "lam must lie in"),
+                         ("dm:eps=-1e-6", "eps must be >= 0"), ("cce:eps=1e-6", "no parameter 'eps'")]:
         with pytest.raises(ValueError, match=message):
             train.parse_loss(bad)
     with pytest.raises(ValueError, match="unknown noise scheme"):
