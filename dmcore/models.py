@@ -114,12 +114,12 @@ class _ConvLayerNormReLU(torch.autograd.Function):
         cols = torch.empty(runs, batch * length_out, c_in * k)
         lib.conv1d_im2col(h.data_ptr(), runs * batch, length, c_in, k, stride, pad, length_out, cols.data_ptr(), threads)
         w = weight.permute(0, 1, 3, 2).reshape(runs, c_out, k * c_in)  # the columns' (k, Cin) order
-        out = torch.baddbmm(bias.unsqueeze(1), cols, w.transpose(1, 2))  # becomes the normalised n
-        gamma, beta = gamma.contiguous(), beta.contiguous()
+        out = torch.bmm(cols, w.transpose(1, 2))  # the kernel adds the bias; becomes the normalised n
+        bias, gamma, beta = bias.contiguous(), gamma.contiguous(), beta.contiguous()
         y = torch.empty_like(out)
         rstd = torch.empty(runs, batch * length_out)
-        lib.ln_relu_forward(out.data_ptr(), y.data_ptr(), rstd.data_ptr(), gamma.data_ptr(), beta.data_ptr(),
-                            runs, batch * length_out, c_out, 1e-5, threads)
+        lib.ln_relu_forward(out.data_ptr(), bias.data_ptr(), y.data_ptr(), rstd.data_ptr(), gamma.data_ptr(),
+                            beta.data_ptr(), runs, batch * length_out, c_out, 1e-5, threads)
         ctx.save_for_backward(cols, w, out, rstd, gamma, beta)
         ctx.shape, ctx.spec, ctx.lib = (runs, batch, length, c_in, length_out), spec, lib
         return y.view(runs, batch, length_out, c_out)

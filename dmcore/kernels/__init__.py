@@ -78,7 +78,7 @@ _SIGNATURES = {
                 "edf_scale_f32": [_ptr, _ptr, _i64, _i64, _i64, _i64, _ptr, _ptr, _f32, _int]},
     "conv1d_cpu": {"conv1d_im2col": [_ptr, *[_i64] * 7, _ptr, _int],
                    "conv1d_col2im": [_ptr, *[_i64] * 7, _ptr, _int],
-                   "ln_relu_forward": [_ptr, _ptr, _ptr, _ptr, _ptr, _i64, _i64, _i64, _f32, _int],
+                   "ln_relu_forward": [*[_ptr] * 6, _i64, _i64, _i64, _f32, _int],
                    "ln_relu_backward": [*[_ptr] * 9, _i64, _i64, _i64, _int]},
 }
 
