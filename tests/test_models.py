@@ -77,16 +77,18 @@ def test_forward_stacked_equals_each_copy(dtype, kernel, monkeypatch):
 
 def test_stacked_layer_kernel_against_float64():
     """The compiled im2col / LayerNorm + ReLU / col2im layer against PyTorch ops in float64, input
-    gradient included, for every layer shape of the CNN."""
+    gradient included, for every layer shape of the CNN, and for widths other than the 25 for which the
+    kernel has its own compiled loops."""
     from dmcore import kernels
     lib = kernels.conv1d()
     if lib is None:
         pytest.skip("no C compiler: the PyTorch path is the one in use")
     gen = torch.Generator().manual_seed(2)
-    for (c_in, length, k) in [(1, 40, 5), (25, 19, 3), (25, 10, 3)]:
+    for (c_in, length, k, c_out) in [(1, 40, 5, 25), (25, 19, 3, 25), (25, 10, 3, 25), (1, 40, 5, 7), (7, 19, 3, 32)]:
         h = torch.randn(4, 6, length, c_in, generator=gen, dtype=torch.float64, requires_grad=True)
-        weight = torch.randn(4, 25, c_in, k, generator=gen, dtype=torch.float64, requires_grad=True)
-        bias, gamma, beta = (torch.randn(4, 25, generator=gen, dtype=torch.float64, requires_grad=True) for _ in range(3))
+        weight = torch.randn(4, c_out, c_in, k, generator=gen, dtype=torch.float64, requires_grad=True)
+        bias, gamma, beta = (torch.randn(4, c_out, generator=gen, dtype=torch.float64, requires_grad=True)
+                             for _ in range(3))
         inputs = (h, weight, bias, gamma, beta)
         ref = models._conv_layer_norm_relu(*inputs, (k, 2, 1))
         upstream = torch.randn(ref.shape, generator=gen, dtype=torch.float64)
