@@ -10,7 +10,7 @@ statistics, so many copies of the network can be trained together with ``torch.f
 
 :meth:`MNIST1DCNN.forward_stacked` computes ``R`` copies at once from stacked parameters (as
 ``torch.func.stack_module_state`` makes them), each on its own inputs, with batched matrix products;
-on CPU in float32 the im2col, its transpose and the fused LayerNorm + ReLU (forward and backward)
+on CPU in float32 the convolutions (direct, forward and backward) and the fused LayerNorm + ReLU
 run in a compiled kernel (:func:`dmcore.kernels.conv1d`), elsewhere in PyTorch ops.
 
 The CIFAR ResNets are those of He et al. (CVPR 2016, section 4.2): 3 stages of ``n`` basic blocks
@@ -76,7 +76,7 @@ class MNIST1DCNN(nn.Module):
             weight, bias = params[f"convs.{i}.weight"], params[f"convs.{i}.bias"]
             gamma, beta = params.get(f"norms.{i}.weight"), params.get(f"norms.{i}.bias")
             spec = (conv.kernel_size[0], conv.stride[0], conv.padding[0])
-            if lib is not None and gamma is not None and conv.out_channels <= 256:
+            if lib is not None and gamma is not None and conv.out_channels <= 256 and conv.in_channels <= 4096:
                 h = _ConvLayerNormReLU.apply(h, weight, bias, gamma, beta, spec, lib)
             else:
                 h = _conv_layer_norm_relu(h, weight, bias, gamma, beta, spec)
@@ -99,9 +99,10 @@ def _conv_layer_norm_relu(h, weight, bias, gamma, beta, spec):
 
 
 class _ConvLayerNormReLU(torch.autograd.Function):
-    """R stacked ``relu(LayerNorm(conv1d(h)))`` layers, float32 on CPU, the non-matmul work in
-    :func:`dmcore.kernels.conv1d`: ``h (R, B, L, Cin)``, ``weight (R, Cout, Cin, k)``, ``bias``,
-    ``gamma``, ``beta (R, Cout)`` -> ``(R, B, Lout, Cout)``. LayerNorm's epsilon is nn.LayerNorm's 1e-5."""
+    """R stacked ``relu(LayerNorm(conv1d(h)))`` layers, float32 on CPU, computed by
+    :func:`dmcore.kernels.conv1d` (direct convolutions and fused LayerNorm + ReLU passes):
+    ``h (R, B, L, Cin)``, ``weight (R, Cout, Cin, k)``, ``bias``, ``gamma``, ``beta (R, Cout)`` ->
+    ``(R, B, Lout, Cout)``. LayerNorm's epsilon is nn.LayerNorm's 1e-5."""
 
     @staticmethod
     def forward(ctx, h, weight, bias, gamma, beta, spec, lib):
@@ -111,25 +112,26 @@ class _ConvLayerNormReLU(torch.autograd.Function):
         length_out = (length + 2 * pad - k) // stride + 1
         threads = torch.get_num_threads()
         h = h.contiguous()
-        cols = torch.empty(runs, batch * length_out, c_in * k)
-        lib.conv1d_im2col(h.data_ptr(), runs * batch, length, c_in, k, stride, pad, length_out, cols.data_ptr(), threads)
-        w = weight.permute(0, 1, 3, 2).reshape(runs, c_out, k * c_in)  # the columns' (k, Cin) order
-        out = torch.bmm(cols, w.transpose(1, 2))  # the kernel adds the bias; becomes the normalised n
+        wp = weight.new_zeros(runs, k, c_in, _padded(c_out, 32))       # wp[r, j, ci, co] = weight[r, co, ci, j]
+        wp[..., :c_out] = weight.permute(0, 3, 2, 1)
+        out = torch.empty(runs, batch * length_out, c_out)               # becomes the normalised n
+        lib.conv1d_forward(h.data_ptr(), wp.data_ptr(), runs, batch, length, c_in, k, stride, pad, length_out, c_out,
+                           out.data_ptr(), threads)
         bias, gamma, beta = bias.contiguous(), gamma.contiguous(), beta.contiguous()
         y = torch.empty_like(out)
         rstd = torch.empty(runs, batch * length_out)
         lib.ln_relu_forward(out.data_ptr(), bias.data_ptr(), y.data_ptr(), rstd.data_ptr(), gamma.data_ptr(),
                             beta.data_ptr(), runs, batch * length_out, c_out, 1e-5, threads)
-        ctx.save_for_backward(cols, w, out, rstd, gamma, beta)
-        ctx.shape, ctx.spec, ctx.lib = (runs, batch, length, c_in, length_out), spec, lib
+        ctx.save_for_backward(h, weight, out, rstd, gamma, beta)
+        ctx.spec, ctx.lib = spec, lib
         return y.view(runs, batch, length_out, c_out)
 
     @staticmethod
     def backward(ctx, grad):
-        cols, w, n, rstd, gamma, beta = ctx.saved_tensors
-        runs, batch, length, c_in, length_out = ctx.shape
+        h, weight, n, rstd, gamma, beta = ctx.saved_tensors
         (k, stride, pad), lib = ctx.spec, ctx.lib
-        c_out = w.shape[1]
+        runs, batch, length, c_in = h.shape
+        c_out, length_out = weight.shape[1], grad.shape[2]
         threads = torch.get_num_threads()
         grad = grad.contiguous()
         dx = torch.empty_like(n)
@@ -137,18 +139,23 @@ class _ConvLayerNormReLU(torch.autograd.Function):
         lib.ln_relu_backward(grad.data_ptr(), n.data_ptr(), rstd.data_ptr(), gamma.data_ptr(), beta.data_ptr(),
                              dx.data_ptr(), grad_gamma.data_ptr(), grad_beta.data_ptr(), grad_bias.data_ptr(),
                              runs, batch * length_out, c_out, threads)
-        if k * c_in < c_out:   # the faster order of the product for few columns (the first layer)
-            grad_w = torch.bmm(cols.transpose(1, 2), dx).transpose(1, 2)
-        else:
-            grad_w = torch.bmm(dx.transpose(1, 2), cols)
-        grad_weight = grad_w.reshape(runs, c_out, k, c_in).permute(0, 1, 3, 2).contiguous()
-        grad_h = None
+        co_p, ci_p = _padded(c_out, 32), _padded(c_in, 32)
+        grad_wp = torch.empty(runs, k, c_in, co_p)
+        grad_h = wt = None
         if ctx.needs_input_grad[0]:
-            grad_cols = torch.bmm(dx, w)
             grad_h = torch.empty(runs, batch, length, c_in)
-            lib.conv1d_col2im(grad_cols.data_ptr(), runs * batch, length, c_in, k, stride, pad, length_out,
-                              grad_h.data_ptr(), threads)
+            wt = weight.new_zeros(runs, _padded(k, 3), c_out, ci_p)    # wt[r, j, co, ci] = weight[r, co, ci, j]
+            wt[:, :k, :, :c_in] = weight.permute(0, 3, 1, 2)
+        scratch = torch.empty(threads, batch * length_out * co_p + length * ci_p)
+        lib.conv1d_backward(dx.data_ptr(), h.data_ptr(), None if wt is None else wt.data_ptr(), runs, batch, length,
+                            c_in, k, stride, pad, length_out, c_out, grad_wp.data_ptr(),
+                            None if grad_h is None else grad_h.data_ptr(), scratch.data_ptr(), threads)
+        grad_weight = grad_wp[..., :c_out].permute(0, 3, 2, 1).contiguous()
         return grad_h, grad_weight, grad_bias, grad_gamma, grad_beta, None, None
+
+
+def _padded(n: int, multiple: int) -> int:
+    return -(-n // multiple) * multiple
 
 
 class MLP(nn.Module):

@@ -84,7 +84,7 @@ def test_stacked_layer_kernel_against_float64():
     if lib is None:
         pytest.skip("no C compiler: the PyTorch path is the one in use")
     gen = torch.Generator().manual_seed(2)
-    for (c_in, length, k, c_out) in [(1, 40, 5, 25), (25, 19, 3, 25), (25, 10, 3, 25), (1, 40, 5, 7), (7, 19, 3, 32)]:
+    for (c_in, length, k, c_out) in [(1, 40, 5, 25), (25, 19, 3, 25), (25, 10, 3, 25), (1, 40, 5, 7), (7, 19, 3, 32), (33, 12, 4, 40)]:
         h = torch.randn(4, 6, length, c_in, generator=gen, dtype=torch.float64, requires_grad=True)
         weight = torch.randn(4, c_out, c_in, k, generator=gen, dtype=torch.float64, requires_grad=True)
         bias, gamma, beta = (torch.randn(4, c_out, generator=gen, dtype=torch.float64, requires_grad=True)
