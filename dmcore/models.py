@@ -134,19 +134,21 @@ class _ConvLayerNormReLU(torch.autograd.Function):
         c_out, length_out = weight.shape[1], grad.shape[2]
         threads = torch.get_num_threads()
         grad = grad.contiguous()
-        dx = torch.empty_like(n)
+        co_p, ci_p = _padded(c_out, 32), _padded(c_in, 32)
+        dx = torch.empty(n.numel() + co_p - c_out)       # the kernel reads co_p - c_out floats past the end
+        dx[n.numel():] = 0
+        dx = dx[:n.numel()].view(n.shape)
         grad_gamma, grad_beta, grad_bias = (torch.empty(runs, c_out) for _ in range(3))
         lib.ln_relu_backward(grad.data_ptr(), n.data_ptr(), rstd.data_ptr(), gamma.data_ptr(), beta.data_ptr(),
                              dx.data_ptr(), grad_gamma.data_ptr(), grad_beta.data_ptr(), grad_bias.data_ptr(),
                              runs, batch * length_out, c_out, threads)
-        co_p, ci_p = _padded(c_out, 32), _padded(c_in, 32)
         grad_wp = torch.empty(runs, k, c_in, co_p)
         grad_h = wt = None
         if ctx.needs_input_grad[0]:
             grad_h = torch.empty(runs, batch, length, c_in)
             wt = weight.new_zeros(runs, _padded(k, 3), c_out, ci_p)    # wt[r, j, co, ci] = weight[r, co, ci, j]
             wt[:, :k, :, :c_in] = weight.permute(0, 3, 1, 2)
-        scratch = torch.empty(threads, batch * length_out * co_p + length * ci_p)
+        scratch = torch.empty(threads, length * ci_p)
         lib.conv1d_backward(dx.data_ptr(), h.data_ptr(), None if wt is None else wt.data_ptr(), runs, batch, length,
                             c_in, k, stride, pad, length_out, c_out, grad_wp.data_ptr(),
                             None if grad_h is None else grad_h.data_ptr(), scratch.data_ptr(), threads)

@@ -7,7 +7,9 @@
  *   conv1d_backward:  from dx = dLoss/dout (R, B*Lout, Cout): the weight's gradient, packed like wp,
  *                     and (where asked for) the input's, grad_h (R, B, L, Cin), through wt
  *                     (R, kP, Cout, CiP), the weight packed the other way round; scratch holds
- *                     threads * (B*Lout*CoP + L*CiP) floats;
+ *                     threads*L*CiP floats. dx is read 32 channels at a time, so its buffer must
+ *                     extend CoP - Cout floats past its end; lanes past Cout land in the padding
+ *                     of grad_wp, which the caller drops;
  *   ln_relu_forward:  x (R, M, C) the convolution without its bias, per row: v = x + bias[r],
  *                     n = (v - mean(v)) / sqrt(var(v) + eps) (biased variance),
  *                     h = relu(n * gamma[r] + beta[r]); n overwrites x, rstd = 1/sqrt(var + eps);
@@ -21,7 +23,7 @@
  * CoP, CiP = multiples of 32 channels and kP = a multiple of 3 taps. On the MNIST-1D CNN's middle
  * layer this is twice as fast as im2col followed by a batched matrix product.
  *
- * Copies are independent, so threads split the copies (or the examples, or the rows).
+ * Copies are independent, so threads split the copies, the examples, the rows or output blocks.
  * The ReLU mask is recomputed with fmaf in both LayerNorm passes, so forward and backward agree
  * exactly. Each LayerNorm entry point runs its parallel loop twice over: once with C = 25 (the
  * MNIST-1D CNN's width) as a constant, which lets the compiler unroll the short loops over the
@@ -81,76 +83,74 @@ void conv1d_backward(const float *dx, const float *h, const float *wt, int64_t R
                      int64_t Cin, int64_t k, int64_t s, int64_t pad, int64_t Lout, int64_t Cout,
                      float *grad_wp, float *grad_h, float *scratch, int threads) {
     int64_t CoP = (Cout + 31) / 32 * 32, CiP = (Cin + 31) / 32 * 32, kP = (k + 2) / 3 * 3, M = B * Lout;
-#pragma omp parallel for num_threads(threads) schedule(static)
-    for (int64_t r = 0; r < R; ++r) {
-        /* in this thread's scratch: dx of this copy with its rows padded to CoP channels, and one
-         * example's input gradient (L, CiP) */
-        float *dp = scratch + omp_get_thread_num() * (M * CoP + L * CiP), *gh = dp + M * CoP;
-        for (int64_t m = 0; m < M; ++m) {
-            memcpy(dp + m * CoP, dx + (r * M + m) * Cout, sizeof(float) * Cout);
-            memset(dp + m * CoP + Cout, 0, sizeof(float) * (CoP - Cout));
-        }
-        const float *hr = h + r * B * L * Cin;
+#pragma omp parallel num_threads(threads)
+    {
+        float *gh = scratch + omp_get_thread_num() * L * CiP;   /* one example's grad_h (L, CiP) */
         /* weight: grad_wp[r, j, ci, co] = sum over rows (b, l) of h[b, s*l + j - pad, ci] dx[b, l, co],
          * for two (j, ci) pairs p = j * Cin + ci at a time */
-        for (int64_t cb = 0; cb < CoP; cb += 32)
-            for (int64_t p0 = 0; p0 < k * Cin; p0 += 2) {
-                int64_t j[2], ci[2];
-                for (int i = 0; i < 2; ++i) {
-                    int64_t p = p0 + i < k * Cin ? p0 + i : p0;   /* a pair past the end repeats p0, unstored */
-                    j[i] = p / Cin;
-                    ci[i] = p % Cin;
-                }
-                v8 acc[2][4];   /* in registers: only constant indices after unrolling */
-                for (int i = 0; i < 2; ++i)
-                    for (int q = 0; q < 4; ++q) acc[i][q] = (v8){0};
-                for (int64_t b = 0; b < B; ++b) {
-                    const float *xb = hr + b * L * Cin;
-                    for (int64_t l = 0; l < Lout; ++l) {
-                        const v8 *d = (const v8 *)(dp + (b * Lout + l) * CoP + cb);
-                        v8 d0 = d[0], d1 = d[1], d2 = d[2], d3 = d[3];
-                        for (int i = 0; i < 2; ++i) {
-                            int64_t li = s * l + j[i] - pad;
-                            float a = li >= 0 && li < L ? xb[li * Cin + ci[i]] : 0.0f;
-                            acc[i][0] += a * d0; acc[i][1] += a * d1; acc[i][2] += a * d2; acc[i][3] += a * d3;
+#pragma omp for collapse(3) schedule(static)
+        for (int64_t r = 0; r < R; ++r)
+            for (int64_t cb = 0; cb < CoP; cb += 32)
+                for (int64_t p0 = 0; p0 < k * Cin; p0 += 2) {
+                    int64_t j[2], ci[2];
+                    for (int i = 0; i < 2; ++i) {
+                        int64_t p = p0 + i < k * Cin ? p0 + i : p0;   /* a pair past the end repeats p0, unstored */
+                        j[i] = p / Cin;
+                        ci[i] = p % Cin;
+                    }
+                    v8 acc[2][4];   /* in registers: only constant indices after unrolling */
+                    for (int i = 0; i < 2; ++i)
+                        for (int q = 0; q < 4; ++q) acc[i][q] = (v8){0};
+                    for (int64_t b = 0; b < B; ++b) {
+                        const float *xb = h + (r * B + b) * L * Cin;
+                        for (int64_t l = 0; l < Lout; ++l) {
+                            const v8 *d = (const v8 *)(dx + ((r * B + b) * Lout + l) * Cout + cb);   /* lanes >= Cout: ignored */
+                            v8 d0 = d[0], d1 = d[1], d2 = d[2], d3 = d[3];
+                            for (int i = 0; i < 2; ++i) {
+                                int64_t li = s * l + j[i] - pad;
+                                float a = li >= 0 && li < L ? xb[li * Cin + ci[i]] : 0.0f;
+                                acc[i][0] += a * d0; acc[i][1] += a * d1; acc[i][2] += a * d2; acc[i][3] += a * d3;
+                            }
                         }
                     }
+                    for (int i = 0; i < 2; ++i)
+                        if (p0 + i < k * Cin) {
+                            v8 *g = (v8 *)(grad_wp + (r * k * Cin + p0 + i) * CoP + cb);
+                            for (int q = 0; q < 4; ++q) g[q] = acc[i][q];
+                        }
                 }
-                for (int i = 0; i < 2; ++i)
-                    if (p0 + i < k * Cin) {
-                        v8 *g = (v8 *)(grad_wp + (r * k * Cin + p0 + i) * CoP + cb);
-                        for (int q = 0; q < 4; ++q) g[q] = acc[i][q];
-                    }
-            }
         /* input: grad_h[r, b, s*l + j - pad, ci] += sum_co dx[b, l, co] w[co, ci, j], three taps at a time */
-        if (grad_h != NULL)
-            for (int64_t b = 0; b < B; ++b) {
-                memset(gh, 0, sizeof(float) * L * CiP);
-                for (int64_t cb = 0; cb < CiP; cb += 32)
-                    for (int64_t l = 0; l < Lout; ++l)
-                        for (int64_t j0 = 0; j0 < kP; j0 += 3) {
-                            v8 acc[3][4];   /* kept in registers: only constant indices after unrolling */
-                            for (int i = 0; i < 3; ++i)
-                                for (int q = 0; q < 4; ++q) acc[i][q] = (v8){0};
-                            const float *d = dp + (b * Lout + l) * CoP;
-                            for (int64_t co = 0; co < Cout; ++co) {
-                                float a = d[co];
+        if (grad_h != NULL) {
+#pragma omp for collapse(2) schedule(static)
+            for (int64_t r = 0; r < R; ++r)
+                for (int64_t b = 0; b < B; ++b) {
+                    memset(gh, 0, sizeof(float) * L * CiP);
+                    for (int64_t cb = 0; cb < CiP; cb += 32)
+                        for (int64_t l = 0; l < Lout; ++l)
+                            for (int64_t j0 = 0; j0 < kP; j0 += 3) {
+                                v8 acc[3][4];   /* kept in registers: only constant indices after unrolling */
+                                for (int i = 0; i < 3; ++i)
+                                    for (int q = 0; q < 4; ++q) acc[i][q] = (v8){0};
+                                const float *d = dx + ((r * B + b) * Lout + l) * Cout;
+                                for (int64_t co = 0; co < Cout; ++co) {
+                                    float a = d[co];
+                                    for (int t = 0; t < 3; ++t) {
+                                        const v8 *wv = (const v8 *)(wt + (((r * kP) + j0 + t) * Cout + co) * CiP + cb);
+                                        acc[t][0] += a * wv[0]; acc[t][1] += a * wv[1];
+                                        acc[t][2] += a * wv[2]; acc[t][3] += a * wv[3];
+                                    }
+                                }
                                 for (int t = 0; t < 3; ++t) {
-                                    const v8 *wv = (const v8 *)(wt + (((r * kP) + j0 + t) * Cout + co) * CiP + cb);
-                                    acc[t][0] += a * wv[0]; acc[t][1] += a * wv[1];
-                                    acc[t][2] += a * wv[2]; acc[t][3] += a * wv[3];
+                                    int64_t li = s * l + j0 + t - pad;
+                                    if (j0 + t >= k || li < 0 || li >= L) continue;
+                                    v8 *g = (v8 *)(gh + li * CiP + cb);
+                                    for (int q = 0; q < 4; ++q) g[q] += acc[t][q];
                                 }
                             }
-                            for (int t = 0; t < 3; ++t) {
-                                int64_t li = s * l + j0 + t - pad;
-                                if (j0 + t >= k || li < 0 || li >= L) continue;
-                                v8 *g = (v8 *)(gh + li * CiP + cb);
-                                for (int q = 0; q < 4; ++q) g[q] += acc[t][q];
-                            }
-                        }
-                for (int64_t li = 0; li < L; ++li)
-                    memcpy(grad_h + ((r * B + b) * L + li) * Cin, gh + li * CiP, sizeof(float) * Cin);
-            }
+                    for (int64_t li = 0; li < L; ++li)
+                        memcpy(grad_h + ((r * B + b) * L + li) * Cin, gh + li * CiP, sizeof(float) * Cin);
+                }
+        }
     }
 }
 
