@@ -76,7 +76,7 @@ def test_forward_stacked_equals_each_copy(dtype, kernel, monkeypatch):
 
 
 def test_stacked_layer_kernel_against_float64():
-    """The compiled im2col / LayerNorm + ReLU / col2im layer against PyTorch ops in float64, input
+    """The compiled convolution / LayerNorm + ReLU layer against PyTorch ops in float64, input
     gradient included, for every layer shape of the CNN, and for widths other than the 25 for which the
     kernel has its own compiled loops."""
     from dmcore import kernels
