@@ -209,7 +209,9 @@ def train_runs(model: str, dataset: Dataset, runs: list[Run], protocol: Protocol
 
     Each run's model is initialised from ``torch.manual_seed(run.seed)``, its noisy labels from
     ``run.seed``, and its mini-batch order from ``run.seed``, so a run's result does not depend on
-    which other runs it is trained with. ``progress`` is called with the number of steps done.
+    which other runs it is trained with (exactly in float64; in float32 to rounding, since PyTorch's
+    batched matrix products may sum in another order for another number of runs; both tested).
+    ``progress`` is called with the number of steps done.
     """
     if not runs:
         return []
