@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import os
 import pathlib
 import sys
@@ -28,7 +29,7 @@ import torch
 
 from . import data, train
 
-__all__ = ["grid", "run_sweep", "load_dataset"]
+__all__ = ["grid", "run_sweep", "load_dataset", "read_results", "summarise"]
 
 RUN_COLUMNS = ["run_id", "dataset", "model", "loss", "noise", "rate", "seed", "realised_rate",
                "best_test_acc", "final_test_acc", "fit_clean", "fit_noisy", "noisy_to_true", "p_clean",
@@ -119,3 +120,36 @@ def run_sweep(out, dataset: str, model: str, runs: list[train.Run], protocol: tr
             _write_csv(out / "history.csv", HISTORY_COLUMNS, history_rows)
             _write_csv(out / "runs.csv", RUN_COLUMNS, done_rows)
     return _read_csv(out / "runs.csv")
+
+
+_TEXT_COLUMNS = {"run_id", "dataset", "model", "loss", "noise"}
+
+
+def read_results(out) -> tuple[list[dict], list[dict]]:
+    """``runs.csv`` and ``history.csv`` of the sweep in ``out``, numbers as floats (NaN where a
+    metric is undefined, e.g. the noisy-subset fit of a clean run) and ``seed``/``step`` as ints."""
+    out = pathlib.Path(out)
+    if not (out / "runs.csv").exists():
+        raise FileNotFoundError(f"no finished runs in {out}: {out / 'runs.csv'} does not exist")
+    tables = []
+    for name in ("runs.csv", "history.csv"):
+        table = []
+        for row in _read_csv(out / name):
+            table.append({k: v if k in _TEXT_COLUMNS else int(v) if k in ("seed", "step")
+                          else float(v) if v not in ("", "nan") else math.nan for k, v in row.items()})
+        tables.append(table)
+    return tables[0], tables[1]
+
+
+def summarise(rows: list[dict], metric: str, by=("loss", "noise", "rate")) -> dict[tuple, tuple[float, float, int]]:
+    """Mean, sample standard deviation (0 for a single run) and count of ``metric`` over the rows
+    that share the values of ``by`` (e.g. the seeds of one configuration), keyed by those values."""
+    groups: dict[tuple, list[float]] = {}
+    for row in rows:
+        groups.setdefault(tuple(row[k] for k in by), []).append(row[metric])
+    out = {}
+    for key, values in groups.items():
+        mean = sum(values) / len(values)
+        var = sum((v - mean) ** 2 for v in values) / (len(values) - 1) if len(values) > 1 else 0.0
+        out[key] = (mean, math.sqrt(var), len(values))
+    return out

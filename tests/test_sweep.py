@@ -79,3 +79,21 @@ def test_no_progress_bar_when_not_a_terminal(tmp_path):
                            "--losses", "cce", "--noise", "symmetric:0", "--seeds", "1", "--steps", "10",
                            "--out", str(tmp_path)], capture_output=True, text=True, timeout=300, check=True)
     assert "step" not in done.stderr and "1 runs in" in done.stdout
+
+
+def test_results_read_back_as_numbers_and_summarise_over_seeds(tmp_path):
+    runs = sweep.grid(["cce", "gce"], [("symmetric", [0.0, 0.4])], seeds=2)
+    sweep.run_sweep(tmp_path, "digits", "mlp", runs, TINY)
+    table, history = sweep.read_results(tmp_path)
+    assert len(table) == 8 and len(history) == 8 * 3
+    clean = [r for r in table if r["rate"] == 0.0]
+    assert all(r["fit_noisy"] != r["fit_noisy"] for r in clean)           # NaN: no noisy examples
+    assert {h["step"] for h in history} == {0, 10, 20} and isinstance(table[0]["seed"], int)
+    summary = sweep.summarise(table, "best_test_acc")
+    assert set(summary) == {(loss, "symmetric", rate) for loss in ("cce", "gce") for rate in (0.0, 0.4)}
+    values = [r["best_test_acc"] for r in table if r["loss"] == "gce" and r["rate"] == 0.4]
+    mean, std, count = summary["gce", "symmetric", 0.4]
+    assert count == 2 and mean == pytest.approx(sum(values) / 2)
+    assert std == pytest.approx(abs(values[0] - values[1]) / 2 ** 0.5)
+    with pytest.raises(FileNotFoundError, match="no finished runs"):
+        sweep.read_results(tmp_path / "elsewhere")
