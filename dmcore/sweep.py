@@ -3,8 +3,8 @@
 A sweep directory holds
 
 - ``config.json``: the full configuration (dataset, model, protocol, device, the grid, versions);
-- ``runs.csv``: one row per finished run: its configuration, realised noise rate, best and final
-  test accuracy, and its final metrics;
+- ``runs.csv``: one row per finished run: its configuration, realised noise rate, the step at which
+  it diverged (empty if it did not), best and final test accuracy, and its final metrics;
 - ``history.csv``: one row per run and evaluation step, with every metric of :mod:`dmcore.train`.
 
 Both CSV files are rewritten atomically (written beside, then renamed) after each chunk of runs, so
@@ -31,9 +31,9 @@ from . import data, train
 
 __all__ = ["grid", "run_sweep", "load_dataset", "read_results", "summarise"]
 
-RUN_COLUMNS = ["run_id", "dataset", "model", "loss", "noise", "rate", "seed", "realised_rate",
-               "best_test_acc", "final_test_acc", "fit_clean", "fit_noisy", "noisy_to_true", "p_clean",
-               "p_noisy", "weight_mean", "weight_var"]
+RUN_COLUMNS = ["run_id", "dataset", "model", "loss", "noise", "rate", "seed", "realised_rate", "diverged_step",
+               "best_test_acc", "final_test_acc", "fit_clean", "fit_noisy", "noisy_to_true", "p_clean", "p_noisy",
+               "weight_mean", "weight_var"]
 HISTORY_COLUMNS = ["run_id", "step", "test_acc", "fit_clean", "fit_noisy", "noisy_to_true", "p_clean", "p_noisy",
                    "weight_mean", "weight_var"]
 

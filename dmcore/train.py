@@ -15,6 +15,10 @@ the fit of its clean and of its noisy training subsets to their observed labels;
 noisy examples predicted as their true class; the mean ``p`` of the observed label over clean and
 over noisy examples; and the mean and variance of its loss's weights ``w(p)`` over the training set.
 
+A run whose logits overflow (NaN or infinite) has diverged: it records the step
+(``diverged_step``), stops training and reports NaN for every later metric and for its final
+accuracy (its best is the best before), while the runs trained with it go on unaffected.
+
 Losses are named as in the papers: ``cce``, ``mae`` (``1 - p``), ``mse`` (``(1 - p)^2``), ``gce``
 (``q = 0.7``), ``imae`` (``T = 8``), ``dm`` (``lam = 0.5, beta = 8``), with parameters after a
 colon (``dm:lam=1,beta=16``), and ``-dn`` for a loss's natural weight under derivative
@@ -248,12 +252,14 @@ def train_runs(model: str, dataset: Dataset, runs: list[Run], protocol: Protocol
     groups = {name: torch.tensor(idx, device=device) for name, idx in groups.items()}
     order_gens = [torch.Generator().manual_seed(10_000 + r.seed) for r in runs]
     per_epoch = num_train // protocol.batch_size
-    orders, histories = None, [[] for _ in runs]
+    orders, histories, diverged = None, [[] for _ in runs], [None for _ in runs]
 
     def record(step):
         logits_train = _evaluate(base, params, buffers, x_train)
         logits_test = _evaluate(base, params, buffers, x_test)
         for r, m in enumerate(_metrics(specs, logits_train, logits_test, observed, clean, noisy_mask, y_test)):
+            if diverged[r] is not None:
+                m = {key: math.nan for key in m}
             histories[r].append({"step": step, **m})
 
     record(0)
@@ -263,12 +269,18 @@ def train_runs(model: str, dataset: Dataset, runs: list[Run], protocol: Protocol
             orders = torch.stack([torch.randperm(num_train, generator=g) for g in order_gens]).to(device)
         idx = orders[:, position * protocol.batch_size:(position + 1) * protocol.batch_size]
         logits = forward(params, buffers, x_train[idx])
+        finite = torch.isfinite(logits).flatten(1).all(1)
+        if not bool(finite.all()):   # these runs diverged: record when, and train the others on
+            for r in (~finite).nonzero().flatten().tolist():
+                diverged[r] = step if diverged[r] is None else diverged[r]
+            groups = {name: members[finite[members]] for name, members in groups.items()}
+            groups = {name: members for name, members in groups.items() if len(members)}
         targets = torch.gather(observed, 1, idx)
-        total = sum(_group_loss(specs[int(members[0])], logits[members], targets[members])
-                    for members in groups.values())
         optimizer.zero_grad(set_to_none=True)
-        total.backward()
-        optimizer.step()
+        if groups:
+            sum(_group_loss(specs[int(members[0])], logits[members], targets[members])
+                for members in groups.values()).backward()
+            optimizer.step()
         scheduler.step()
         if step % protocol.eval_every == 0 or step == protocol.steps:
             record(step)
@@ -278,8 +290,9 @@ def train_runs(model: str, dataset: Dataset, runs: list[Run], protocol: Protocol
     results = []
     for r, run in enumerate(runs):
         history = histories[r]
+        measured = [h["test_acc"] for h in history if not math.isnan(h["test_acc"])]
         results.append({**asdict(run), "run_id": run.run_id, "model": model, "dataset": dataset.name,
-                        "realised_rate": noisy[r].rate, "history": history,
-                        "best_test_acc": max(h["test_acc"] for h in history),
+                        "realised_rate": noisy[r].rate, "history": history, "diverged_step": diverged[r],
+                        "best_test_acc": max(measured) if measured else math.nan,
                         "final_test_acc": history[-1]["test_acc"]})
     return results

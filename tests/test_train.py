@@ -76,3 +76,36 @@ def test_mnist1d_cnn_runs_do_not_depend_on_their_companions():
         for a, b in zip(batched["history"], alone["history"]):
             for key, value in a.items():
                 assert (math.isnan(value) and math.isnan(b[key])) or math.isclose(value, b[key], rel_tol=1e-5, abs_tol=1e-6), (run, key)
+
+
+def test_a_diverged_run_is_recorded_and_leaves_the_others_alone(digits, monkeypatch):
+    """From step 12 on, run 1's logits overflow (injected): it records the step, reports NaN from
+    then on, keeps its best accuracy from before, and runs 0 and 2 train exactly as they would alone."""
+    runs = [train.Run("cce", "symmetric", 0.2, 0), train.Run("dm", "symmetric", 0.2, 1), train.Run("gce", "pair", 0.2, 2)]
+    alone = [train.train_runs("mlp", digits, [run], SMALL, dtype=torch.float64)[0] for run in runs]
+    real = train._stacked
+
+    def overflowing(base, shared_input=False):
+        forward, calls = real(base, shared_input), [0]
+        if shared_input:
+            return forward
+
+        def step(params, buffers, x):
+            calls[0] += 1
+            logits = forward(params, buffers, x)
+            return logits.index_fill(0, torch.tensor([1]), math.inf) if calls[0] >= 12 else logits
+        return step
+
+    monkeypatch.setattr(train, "_stacked", overflowing)
+    together = train.train_runs("mlp", digits, runs, SMALL, dtype=torch.float64)
+    assert together[1]["diverged_step"] == 12
+    assert [h["step"] for h in together[1]["history"]] == [0, 10, 20, 30]
+    assert together[1]["history"][1] == alone[1]["history"][1]                  # step 10: still training
+    assert all(math.isnan(v) for h in together[1]["history"][2:] for k, v in h.items() if k != "step")
+    assert math.isnan(together[1]["final_test_acc"])
+    assert together[1]["best_test_acc"] == max(h["test_acc"] for h in alone[1]["history"][:2])
+    for r in (0, 2):
+        assert together[r]["diverged_step"] is None
+        for a, b in zip(together[r]["history"], alone[r]["history"]):
+            for key, value in a.items():
+                assert (math.isnan(value) and math.isnan(b[key])) or math.isclose(value, b[key], rel_tol=1e-9, abs_tol=1e-12), key
