@@ -175,6 +175,21 @@ class MLP(nn.Module):
     def forward(self, x):
         return self.net(x.flatten(1))
 
+    def forward_stacked(self, params: dict, x: torch.Tensor) -> torch.Tensor:
+        """``R`` copies at once, as :meth:`MNIST1DCNN.forward_stacked`: ``params`` each ``(R, *shape)``,
+        ``x (R, B, ...)``; returns ``(R, B, num_classes)``. Each linear layer is one batched matrix
+        product (``baddbmm``) over the copies."""
+        h = x.flatten(2)
+        for i, layer in enumerate(self.net):
+            if isinstance(layer, nn.Linear):
+                h = torch.baddbmm(params[f"net.{i}.bias"].unsqueeze(1), h, params[f"net.{i}.weight"].transpose(1, 2))
+            elif isinstance(layer, nn.LayerNorm):
+                h = F.layer_norm(h, layer.normalized_shape, eps=layer.eps)
+                h = h * params[f"net.{i}.weight"].unsqueeze(1) + params[f"net.{i}.bias"].unsqueeze(1)
+            else:
+                h = layer(h)
+        return h
+
 
 class _Block(nn.Module):
     def __init__(self, inputs: int, outputs: int, stride: int):

@@ -27,6 +27,28 @@ def test_mlp():
     assert models.MLP(64, 10)(torch.randn(5, 8, 8)).shape == (5, 10)
 
 
+def test_mlp_forward_stacked_equals_each_copy():
+    """R MLPs at once (batched matrix products) give each copy's logits and parameter gradients."""
+    torch.manual_seed(0)
+    nets = [models.MLP(12, 4, hidden=(9, 7)).double() for _ in range(3)]
+    for net in nets:                                   # LayerNorm affine away from (1, 0)
+        for m in net.net:
+            if isinstance(m, torch.nn.LayerNorm):
+                m.weight.data.normal_(), m.bias.data.normal_()
+    params, _ = torch.func.stack_module_state(nets)
+    params = {k: v.detach().requires_grad_() for k, v in params.items()}
+    x = torch.randn(3, 5, 3, 4, dtype=torch.float64)
+    upstream = torch.randn(3, 5, 4, dtype=torch.float64)
+    out = nets[0].forward_stacked(params, x)
+    (out * upstream).sum().backward()
+    for r, net in enumerate(nets):
+        alone = net(x[r])
+        torch.testing.assert_close(out[r], alone, rtol=1e-12, atol=1e-12)
+        (alone * upstream[r]).sum().backward()
+        for name, p in net.named_parameters():
+            torch.testing.assert_close(params[name].grad[r], p.grad, rtol=1e-12, atol=1e-12, msg=name)
+
+
 @pytest.mark.parametrize("depth, blocks, parameters", [(20, 9, 269_722), (44, 21, 658_586), (56, 27, 853_018)])
 def test_cifar_resnets_are_he_et_al(depth, blocks, parameters):
     model = models.build(f"resnet{depth}", 10)
