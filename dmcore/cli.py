@@ -93,7 +93,7 @@ def main(argv=None) -> int:
     b.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's own)")
     b.set_defaults(run=_bench)
     s = commands.add_parser("sweep", help="train a grid of runs under label noise, batched, into tidy CSV files")
-    s.add_argument("--dataset", default="mnist1d", help="mnist1d, digits, or a long-tailed version like mnist1d-lt10")
+    s.add_argument("--dataset", default="mnist1d", help="mnist1d or digits, optionally long-tailed (-lt10) and with a validation split (-val0.2): mnist1d-lt10-val0.2")
     s.add_argument("--model", default="mnist1d_cnn", help="mnist1d_cnn or mlp")
     s.add_argument("--losses", type=_losses, default=_losses("cce,mae,gce,imae,dm"),
                    help="comma-separated: cce, mae, mse, gce[:q=], imae[:T=], dm[:lam=,beta=], cce-dn, ...")

@@ -7,12 +7,14 @@
   features in [0, 1], split 80/20 with stratification.
 - :func:`long_tailed`: a class-imbalanced subset of a training split, class ``c`` keeping
   ``n_max * ratio ** (-c / (C - 1))`` examples (the exponential profile of long-tailed CIFAR).
+- :func:`with_validation`: a stratified part of a training split held out as a validation split (its
+  labels get the same kind of noise as the training labels in :mod:`dmcore.train`).
 - :func:`cifar`: CIFAR-10/100 from the official "python version" files (``cifar-10-batches-py`` or
   ``cifar-100-python`` under ``root``, the layout torchvision also reads), standardised per channel with
   the training split's statistics. The files are read, never downloaded.
 
 Every loader returns a :class:`Dataset` of CPU tensors: ``x_train (N, ...)``, ``y_train (N)`` int64, the
-same for the test split, ``num_classes`` and ``name``.
+same for the test split, ``num_classes`` and ``name``, and a validation split where one was held out.
 """
 
 from __future__ import annotations
@@ -24,12 +26,12 @@ from dataclasses import dataclass, replace
 import numpy as np
 import torch
 
-__all__ = ["Dataset", "mnist1d", "digits", "long_tailed", "cifar"]
+__all__ = ["Dataset", "mnist1d", "digits", "long_tailed", "with_validation", "cifar"]
 
 
 @dataclass(frozen=True)
 class Dataset:
-    """A train/test split: inputs ``(N, ...)`` float32 and labels ``(N)`` int64."""
+    """A train/test split (and optionally a validation split): inputs ``(N, ...)`` float32, labels ``(N)`` int64."""
 
     name: str
     x_train: torch.Tensor
@@ -37,9 +39,12 @@ class Dataset:
     x_test: torch.Tensor
     y_test: torch.Tensor
     num_classes: int
+    x_val: torch.Tensor | None = None
+    y_val: torch.Tensor | None = None
 
     def __repr__(self) -> str:
-        return (f"Dataset({self.name}: train {tuple(self.x_train.shape)}, test {tuple(self.x_test.shape)}, "
+        val = "" if self.x_val is None else f", validation {tuple(self.x_val.shape)}"
+        return (f"Dataset({self.name}: train {tuple(self.x_train.shape)}{val}, test {tuple(self.x_test.shape)}, "
                 f"{self.num_classes} classes)")
 
 
@@ -97,6 +102,25 @@ def long_tailed(dataset: Dataset, ratio: float = 10.0, seed: int = 0) -> Dataset
     keep = torch.cat(keep).sort().values
     return replace(dataset, name=f"{dataset.name}-lt{ratio:g}", x_train=dataset.x_train[keep],
                    y_train=dataset.y_train[keep])
+
+
+def with_validation(dataset: Dataset, fraction: float = 0.2, seed: int = 0) -> Dataset:
+    """Hold out ``round(fraction * n_c)`` random training examples of each class ``c`` as a validation split
+    (stratified, as the papers' 20% split of the training data); the test split is unchanged."""
+    if not 0 < fraction < 1:
+        raise ValueError(f"fraction must be in (0, 1), got {fraction}")
+    if dataset.x_val is not None:
+        raise ValueError(f"{dataset.name} already has a validation split")
+    gen = torch.Generator().manual_seed(seed)
+    held = []
+    for c in range(dataset.num_classes):
+        members = (dataset.y_train == c).nonzero().squeeze(1)
+        held.append(members[torch.randperm(len(members), generator=gen)[:round(fraction * len(members))]])
+    held = torch.cat(held).sort().values
+    keep = torch.ones(len(dataset.y_train), dtype=torch.bool)
+    keep[held] = False
+    return replace(dataset, name=f"{dataset.name}-val{fraction:g}", x_train=dataset.x_train[keep],
+                   y_train=dataset.y_train[keep], x_val=dataset.x_train[held], y_val=dataset.y_train[held])
 
 
 def _unpickle(path: pathlib.Path) -> dict:

@@ -22,6 +22,7 @@ import json
 import math
 import os
 import pathlib
+import re
 import sys
 from dataclasses import asdict
 
@@ -33,18 +34,23 @@ __all__ = ["grid", "run_sweep", "load_dataset", "read_results", "summarise"]
 
 RUN_COLUMNS = ["run_id", "dataset", "model", "loss", "noise", "rate", "seed", "realised_rate", "diverged_step",
                "best_test_acc", "final_test_acc", "fit_clean", "fit_noisy", "noisy_to_true", "p_clean", "p_noisy",
-               "weight_mean", "weight_var"]
+               "weight_mean", "weight_var", "logit_range", "val_acc", "val_acc_noisy"]
 HISTORY_COLUMNS = ["run_id", "step", "test_acc", "fit_clean", "fit_noisy", "noisy_to_true", "p_clean", "p_noisy",
-                   "weight_mean", "weight_var"]
+                   "weight_mean", "weight_var", "logit_range", "val_acc", "val_acc_noisy"]
 
 
 def load_dataset(name: str) -> data.Dataset:
-    """``mnist1d``, ``digits``, or a long-tailed version: ``mnist1d-lt10`` (ratio 10)."""
-    base, _, ratio = name.partition("-lt")
-    if base not in ("mnist1d", "digits"):
-        raise ValueError(f"unknown dataset {name!r}: expected mnist1d, digits, or e.g. mnist1d-lt10")
+    """``mnist1d`` or ``digits``, optionally long-tailed (``-lt10``: ratio 10) and with a validation split
+    held out of the training split (``-val0.2``: 20%), in that order: ``mnist1d-lt10-val0.2``."""
+    match = re.fullmatch(r"(mnist1d|digits)(?:-lt([0-9.]+))?(?:-val([0-9.]+))?", name)
+    if not match:
+        raise ValueError(f"unknown dataset {name!r}: expected mnist1d or digits, e.g. mnist1d, mnist1d-lt10, "
+                         "digits-val0.2")
+    base, ratio, fraction = match.groups()
     dataset = data.mnist1d() if base == "mnist1d" else data.digits()
-    return data.long_tailed(dataset, float(ratio)) if ratio else dataset
+    if ratio:
+        dataset = data.long_tailed(dataset, float(ratio))
+    return data.with_validation(dataset, float(fraction)) if fraction else dataset
 
 
 def grid(losses: list[str], noise: list[tuple[str, list[float]]], seeds: int) -> list[train.Run]:

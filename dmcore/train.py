@@ -13,7 +13,13 @@ elementwise, hence the same as one optimiser per run.
 Every ``eval_every`` steps (and at the end) each run records, on the full splits: test accuracy;
 the fit of its clean and of its noisy training subsets to their observed labels; the fraction of
 noisy examples predicted as their true class; the mean ``p`` of the observed label over clean and
-over noisy examples; and the mean and variance of its loss's weights ``w(p)`` over the training set.
+over noisy examples; the mean and variance of its loss's weights ``w(p)`` over the training set; the
+mean range of its logits (largest minus smallest, which softmax ignores, so only weight decay and
+normalisation hold it back); and, where the dataset has a validation split
+(:func:`dmcore.data.with_validation`), the validation accuracy against the clean labels and against
+labels corrupted like the training labels (same scheme and rate, drawn from ``seed + 100003``), the
+only validation a practitioner with noisy data has. At the end it also gives each class's test
+accuracy (``final_class_acc``).
 
 A run whose logits overflow (NaN or infinite) has diverged: it records the step
 (``diverged_step``), stops training and reports NaN for every later metric and for its final
@@ -171,8 +177,10 @@ def _evaluate(base, params, buffers, x, chunk=100):
     return torch.cat([call(params, buffers, x[i:i + chunk]) for i in range(0, len(x), chunk)], dim=1)
 
 
-def _metrics(specs, logits_train, logits_test, observed, clean, noisy_mask, y_test):
+def _metrics(specs, logits_train, logits_test, observed, clean, noisy_mask, y_test, logits_val=None, val_observed=None,
+             y_val=None):
     out = []
+    nan = float("nan")
     for r, spec in enumerate(specs):
         prob = logits_train[r].float().softmax(1)
         p_obs = prob.gather(1, observed[r][:, None]).squeeze(1)
@@ -180,7 +188,8 @@ def _metrics(specs, logits_train, logits_test, observed, clean, noisy_mask, y_te
         fit = pred == observed[r]
         m = noisy_mask[r]
         w = spec.weight(p_obs.double())
-        nan = float("nan")
+        extremes = logits_train[r].float().aminmax(dim=1)
+        val_pred = None if logits_val is None else logits_val[r].argmax(1)
         out.append({
             "test_acc": (logits_test[r].argmax(1) == y_test).float().mean().item(),
             "fit_clean": fit[~m].float().mean().item() if (~m).any() else nan,
@@ -190,6 +199,9 @@ def _metrics(specs, logits_train, logits_test, observed, clean, noisy_mask, y_te
             "p_noisy": p_obs[m].mean().item() if m.any() else nan,
             "weight_mean": w.mean().item(),
             "weight_var": w.var(unbiased=False).item(),
+            "logit_range": (extremes.max - extremes.min).mean().item(),
+            "val_acc": nan if val_pred is None else (val_pred == y_val).float().mean().item(),
+            "val_acc_noisy": nan if val_pred is None else (val_pred == val_observed[r]).float().mean().item(),
         })
     return out
 
@@ -233,6 +245,11 @@ def train_runs(model: str, dataset: Dataset, runs: list[Run], protocol: Protocol
     observed = torch.stack([n.labels for n in noisy]).to(device)
     noisy_mask = torch.stack([n.noise_mask for n in noisy]).to(device)
     clean = dataset.y_train.to(device)
+    x_val = y_val = val_observed = None
+    if dataset.x_val is not None:
+        x_val, y_val = dataset.x_val.to(device, dtype), dataset.y_val.to(device)
+        val_observed = torch.stack([noisy_labels(dataset.y_val, r.noise, r.rate, dataset.num_classes,
+                                                 r.seed + 100003).labels for r in runs]).to(device)
 
     nets = []
     for r in runs:
@@ -257,12 +274,15 @@ def train_runs(model: str, dataset: Dataset, runs: list[Run], protocol: Protocol
     def record(step):
         logits_train = _evaluate(base, params, buffers, x_train)
         logits_test = _evaluate(base, params, buffers, x_test)
-        for r, m in enumerate(_metrics(specs, logits_train, logits_test, observed, clean, noisy_mask, y_test)):
+        logits_val = None if x_val is None else _evaluate(base, params, buffers, x_val)
+        for r, m in enumerate(_metrics(specs, logits_train, logits_test, observed, clean, noisy_mask, y_test,
+                                       logits_val, val_observed, y_val)):
             if diverged[r] is not None:
                 m = {key: math.nan for key in m}
             histories[r].append({"step": step, **m})
+        return logits_test
 
-    record(0)
+    logits_test = record(0)
     for step in range(1, protocol.steps + 1):
         position = (step - 1) % per_epoch
         if position == 0:  # a new epoch: each run draws its own permutation
@@ -283,16 +303,19 @@ def train_runs(model: str, dataset: Dataset, runs: list[Run], protocol: Protocol
             optimizer.step()
         scheduler.step()
         if step % protocol.eval_every == 0 or step == protocol.steps:
-            record(step)
+            logits_test = record(step)
         if progress is not None:
             progress(step)
 
     results = []
     for r, run in enumerate(runs):
         history = histories[r]
+        hits = (logits_test[r].argmax(1) == y_test).float()
+        class_acc = [hits[y_test == c].mean().item() if diverged[r] is None and bool((y_test == c).any()) else math.nan
+                     for c in range(dataset.num_classes)]
         measured = [h["test_acc"] for h in history if not math.isnan(h["test_acc"])]
         results.append({**asdict(run), "run_id": run.run_id, "model": model, "dataset": dataset.name,
                         "realised_rate": noisy[r].rate, "history": history, "diverged_step": diverged[r],
                         "best_test_acc": max(measured) if measured else math.nan,
-                        "final_test_acc": history[-1]["test_acc"]})
+                        "final_test_acc": history[-1]["test_acc"], "final_class_acc": class_acc})
     return results

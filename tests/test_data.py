@@ -41,6 +41,23 @@ def test_long_tailed_profile():
         data.long_tailed(ds, ratio=0.5)
 
 
+def test_validation_split_is_stratified_and_disjoint():
+    ds = data.digits()
+    split = data.with_validation(ds, fraction=0.2, seed=0)
+    counts, val_counts = torch.bincount(ds.y_train), torch.bincount(split.y_val, minlength=10)
+    assert val_counts.tolist() == [round(0.2 * int(n)) for n in counts]
+    assert len(split.y_train) + len(split.y_val) == len(ds.y_train)
+    rows = lambda x: {tuple(r) for r in x.tolist()}
+    assert rows(split.x_train) | rows(split.x_val) == rows(ds.x_train)
+    assert not rows(split.x_train) & rows(split.x_val)
+    assert torch.equal(split.x_test, ds.x_test) and "validation" in repr(split)
+    assert torch.equal(data.with_validation(ds, 0.2, seed=0).y_val, split.y_val)
+    with pytest.raises(ValueError, match="fraction must be in"):
+        data.with_validation(ds, fraction=1.0)
+    with pytest.raises(ValueError, match="already has a validation split"):
+        data.with_validation(split)
+
+
 def write_cifar(root, name, n_train, n_test):
     rng = np.random.default_rng(0)
     if name == "cifar10":

@@ -6,6 +6,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 from dmcore import cli, sweep, train
 
@@ -97,3 +98,14 @@ def test_results_read_back_as_numbers_and_summarise_over_seeds(tmp_path):
     assert std == pytest.approx(abs(values[0] - values[1]) / 2 ** 0.5)
     with pytest.raises(FileNotFoundError, match="no finished runs"):
         sweep.read_results(tmp_path / "elsewhere")
+
+
+def test_dataset_names():
+    lt = sweep.load_dataset("digits-lt5")
+    counts = torch.bincount(lt.y_train)
+    assert counts[9] == round(int(counts[0]) / 5) and lt.x_val is None
+    both = sweep.load_dataset("digits-lt5-val0.2")
+    assert len(both.y_train) + len(both.y_val) == len(lt.y_train)
+    for bad in ("cifar10", "digits-val", "digits-val0.2-lt5"):
+        with pytest.raises(ValueError, match="unknown dataset"):
+            sweep.load_dataset(bad)

@@ -39,6 +39,22 @@ def test_metrics_describe_the_noise(digits):
     assert last["weight_mean"] > 0 and last["weight_var"] > 0
 
 
+def test_validation_logit_and_class_metrics(digits):
+    split = data.with_validation(digits, 0.2, seed=0)
+    (result,) = train.train_runs("mlp", split, [train.Run("cce", "symmetric", 0.4, 0)],
+                                 train.Protocol(steps=200, batch_size=50, eval_every=100))
+    first, last = result["history"][0], result["history"][-1]
+    # the model predicts the true class, which the corrupted validation labels give for 60% of examples
+    assert last["val_acc"] > 0.8 and abs(last["val_acc_noisy"] - 0.6 * last["val_acc"]) < 0.1
+    assert last["logit_range"] > first["logit_range"] > 0
+    counts = torch.bincount(split.y_test, minlength=10).double()
+    weighted = sum(a * n for a, n in zip(result["final_class_acc"], counts.tolist())) / counts.sum().item()
+    assert math.isclose(weighted, result["final_test_acc"], rel_tol=1e-6)
+    (plain,) = train.train_runs("mlp", digits, [train.Run("cce", "symmetric", 0.4, 0)],
+                                train.Protocol(steps=10, batch_size=50, eval_every=10))
+    assert math.isnan(plain["history"][-1]["val_acc"]) and math.isnan(plain["history"][-1]["val_acc_noisy"])
+
+
 def test_clean_runs_have_no_noisy_metrics(digits):
     (result,) = train.train_runs("mlp", digits, [train.Run("mae", "symmetric", 0.0, 0)],
                                  train.Protocol(steps=10, batch_size=50, eval_every=10))
@@ -100,7 +116,8 @@ def test_a_diverged_run_is_recorded_and_leaves_the_others_alone(digits, monkeypa
     together = train.train_runs("mlp", digits, runs, SMALL, dtype=torch.float64)
     assert together[1]["diverged_step"] == 12
     assert [h["step"] for h in together[1]["history"]] == [0, 10, 20, 30]
-    assert together[1]["history"][1] == alone[1]["history"][1]                  # step 10: still training
+    same = lambda a, b: a == b or (math.isnan(a) and math.isnan(b))            # val_acc: NaN without a split
+    assert all(same(v, alone[1]["history"][1][k]) for k, v in together[1]["history"][1].items())  # step 10: training
     assert all(math.isnan(v) for h in together[1]["history"][2:] for k, v in h.items() if k != "step")
     assert math.isnan(together[1]["final_test_acc"])
     assert together[1]["best_test_acc"] == max(h["test_acc"] for h in alone[1]["history"][:2])
