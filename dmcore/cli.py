@@ -98,7 +98,8 @@ def main(argv=None) -> int:
     s.add_argument("--losses", type=_losses, default=_losses("cce,mae,gce,imae,dm"),
                    help="comma-separated: cce, mae, mse, gce[:q=], imae[:T=], dm[:lam=,beta=], cce-dn, ...")
     s.add_argument("--noise", type=_noise, action="append", default=None,
-                   help="SCHEME:RATES, repeatable: symmetric:0,0.2,0.4 pair:0.2,0.4 (default symmetric:0,0.2,0.4,0.6,0.8)")
+                   help="SCHEME:RATES, repeatable; schemes symmetric, symmetric-keep, pair, mnist-map, cifar10-map: "
+                        "symmetric:0,0.2,0.4 pair:0.2,0.4 (default symmetric:0,0.2,0.4,0.6,0.8)")
     s.add_argument("--seeds", type=int, default=3)
     s.add_argument("--out", required=True, help="directory for config.json, runs.csv and history.csv")
     defaults = Protocol()

@@ -134,14 +134,19 @@ def parse_loss(text: str) -> LossSpec:
 
 
 def noisy_labels(labels: torch.Tensor, scheme: str, rate: float, num_classes: int, seed: int) -> noise.NoisyLabels:
-    """Noisy training labels: ``symmetric``, ``symmetric-keep`` (may keep the true class) or ``pair``."""
+    """Noisy training labels: ``symmetric``, ``symmetric-keep`` (may keep the true class), ``pair``, or the
+    class-dependent maps of Patrini et al. (CVPR 2017) for MNIST digits (``mnist-map``: 2 -> 7, 3 -> 8,
+    5 <-> 6, 7 -> 1) and CIFAR-10 (``cifar10-map``), see :mod:`dmcore.noise`."""
     if scheme == "symmetric":
         return noise.symmetric(labels, rate, num_classes, seed=seed)
     if scheme == "symmetric-keep":
         return noise.symmetric(labels, rate, num_classes, seed=seed, keep_true=True)
     if scheme == "pair":
         return noise.pair(labels, rate, num_classes, seed=seed)
-    raise ValueError(f"unknown noise scheme {scheme!r}: expected symmetric, symmetric-keep or pair")
+    if scheme in ("mnist-map", "cifar10-map"):
+        mapping = noise.MNIST_MAP if scheme == "mnist-map" else noise.CIFAR10_MAP
+        return noise.class_dependent(labels, rate, mapping, num_classes, seed=seed)
+    raise ValueError(f"unknown noise scheme {scheme!r}: expected symmetric, symmetric-keep, pair, mnist-map or cifar10-map")
 
 
 def _group_loss(spec: LossSpec, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:

@@ -61,6 +61,17 @@ def test_clean_runs_have_no_noisy_metrics(digits):
     assert math.isnan(result["history"][-1]["fit_noisy"]) and result["realised_rate"] == 0
 
 
+def test_noise_scheme_names():
+    labels = torch.arange(10).repeat(20)
+    mapped = train.noisy_labels(labels, "mnist-map", 0.5, 10, seed=0)
+    moved = labels[mapped.noise_mask]
+    assert set(moved.tolist()) == {2, 3, 5, 6, 7} and len(moved) == 5 * 10
+    assert all(int(mapped.labels[i]) == {2: 7, 3: 8, 5: 6, 6: 5, 7: 1}[int(labels[i])] for i in mapped.noise_mask.nonzero())
+    assert set(labels[train.noisy_labels(labels, "cifar10-map", 0.5, 10, 0).noise_mask].tolist()) == {2, 3, 4, 5, 9}
+    with pytest.raises(ValueError, match="unknown noise scheme 'asym'"):
+        train.noisy_labels(labels, "asym", 0.2, 10, seed=0)
+
+
 def test_loss_names():
     assert train.parse_loss("dm").weight.params == {"lam": 0.5, "beta": 8.0}
     assert train.parse_loss("dm:lam=1,beta=16").weight.params == {"lam": 1.0, "beta": 16.0}
