@@ -9,15 +9,17 @@ statistics, so many copies of the network can be trained together with ``torch.f
 (:mod:`dmcore.train`).
 
 :meth:`MNIST1DCNN.forward_stacked` computes ``R`` copies at once from stacked parameters (as
-``torch.func.stack_module_state`` makes them), each on its own inputs, with batched matrix products;
-on CPU in float32 the convolutions (direct, forward and backward) and the fused LayerNorm + ReLU
-run in a compiled kernel (:func:`dmcore.kernels.conv1d`), elsewhere in PyTorch ops.
+``torch.func.stack_module_state`` makes them), each on its own inputs: on CPU in float32 the whole
+network, forward and backward, in a compiled kernel (:func:`dmcore.kernels.cnn1d`) that carries each
+example through every layer in cache; elsewhere as batched matrix products in PyTorch ops.
 
 The CIFAR ResNets are those of He et al. (CVPR 2016, section 4.2): 3 stages of ``n`` basic blocks
 with 16, 32, 64 channels and identity shortcuts padded with zeros ("option A"), depth ``6n + 2``.
 """
 
 from __future__ import annotations
+
+import ctypes
 
 import torch
 import torch.nn as nn
@@ -67,26 +69,31 @@ class MNIST1DCNN(nn.Module):
 
     def forward_stacked(self, params: dict, x: torch.Tensor) -> torch.Tensor:
         """``R`` copies at once: ``params`` as from ``stack_module_state`` (each ``(R, *shape)``),
-        ``x (R, B, 40)``, one batch per copy; returns logits ``(R, B, num_classes)``. Equals
-        ``forward`` of each copy on its batch (tested); ``self`` supplies only the architecture."""
+        ``x (R, B, 40)``, one batch per copy (an ``expand``-ed ``x`` is read once for all copies);
+        returns logits ``(R, B, num_classes)``. Equals ``forward`` of each copy on its batch (tested);
+        ``self`` supplies only the architecture. On CPU in float32 the whole network, forward and
+        backward, runs in :func:`dmcore.kernels.cnn1d` (:class:`_StackedCNN`); elsewhere, and where
+        the input itself needs a gradient, in PyTorch ops (:func:`_conv_layer_norm_relu`)."""
+        kernel = _CNNKernel.get(self, x)
+        if kernel is not None:
+            flat = [params[name] for name in _CNN_PARAMS]
+            if torch.is_grad_enabled() and any(p.requires_grad for p in flat):
+                return _StackedCNN.apply(x, kernel, *flat)
+            with torch.no_grad():
+                return kernel.forward(x, flat)[0]
         runs, batch = x.shape[0], x.shape[1]
         h = x.reshape(runs, batch, self.length, 1)
-        lib = kernels.conv1d() if x.device.type == "cpu" and x.dtype == torch.float32 else None
-        for i, (conv, norm) in enumerate(zip(self.convs, self.norms)):
-            weight, bias = params[f"convs.{i}.weight"], params[f"convs.{i}.bias"]
-            gamma, beta = params.get(f"norms.{i}.weight"), params.get(f"norms.{i}.bias")
+        for i, conv in enumerate(self.convs):
             spec = (conv.kernel_size[0], conv.stride[0], conv.padding[0])
-            if lib is not None and gamma is not None and conv.out_channels <= 256 and conv.in_channels <= 4096:
-                h = _ConvLayerNormReLU.apply(h, weight, bias, gamma, beta, spec, lib)
-            else:
-                h = _conv_layer_norm_relu(h, weight, bias, gamma, beta, spec)
+            h = _conv_layer_norm_relu(h, params[f"convs.{i}.weight"], params[f"convs.{i}.bias"],
+                                      params.get(f"norms.{i}.weight"), params.get(f"norms.{i}.bias"), spec)
         feats = h.reshape(runs, batch, -1)
         return torch.baddbmm(params["linear.bias"].unsqueeze(1), feats, params["linear.weight"].transpose(1, 2))
 
 
 def _conv_layer_norm_relu(h, weight, bias, gamma, beta, spec):
-    """Reference for :class:`_ConvLayerNormReLU` in PyTorch ops: ``h (R, B, L, Cin)`` -> ``(R, B, Lout, Cout)``;
-    ``gamma = None``: no LayerNorm."""
+    """R stacked ``relu(LayerNorm(conv1d(h)) * gamma + beta)`` layers in PyTorch ops, the reference for the
+    compiled kernel: ``h (R, B, L, Cin)`` -> ``(R, B, Lout, Cout)``; ``gamma = None``: no LayerNorm."""
     k, stride, pad = spec
     runs, batch, _, c_in = h.shape
     cols = F.pad(h, (0, 0, pad, pad)).unfold(2, k, stride)                 # (R, B, Lout, Cin, k)
@@ -98,66 +105,111 @@ def _conv_layer_norm_relu(h, weight, bias, gamma, beta, spec):
     return out.relu().view(runs, batch, length, -1)
 
 
-class _ConvLayerNormReLU(torch.autograd.Function):
-    """R stacked ``relu(LayerNorm(conv1d(h)))`` layers, float32 on CPU, computed by
-    :func:`dmcore.kernels.conv1d` (direct convolutions and fused LayerNorm + ReLU passes):
-    ``h (R, B, L, Cin)``, ``weight (R, Cout, Cin, k)``, ``bias``, ``gamma``, ``beta (R, Cout)`` ->
-    ``(R, B, Lout, Cout)``. LayerNorm's epsilon is nn.LayerNorm's 1e-5."""
+# the stacked parameters in the order the kernel takes them: per layer conv weight, conv bias, LayerNorm
+# weight and bias; then the linear layer's weight and bias
+_CNN_PARAMS = [f"{module}.{i}.{name}" for i in range(3)
+               for module, name in (("convs", "weight"), ("convs", "bias"), ("norms", "weight"), ("norms", "bias"))]
+_CNN_PARAMS += ["linear.weight", "linear.bias"]
+
+
+class _CNNKernel:
+    """The compiled whole-network kernel (``dmcore/kernels/cnn1d_cpu.c``) for one architecture.
+
+    :meth:`get` returns it where it applies (CPU, float32, LayerNorm, every convolution with the same
+    number of channels, the kernel built) and None otherwise."""
+
+    _cache: dict = {}
+
+    def __init__(self, lib, spec: list[int]):
+        self.lib = lib
+        self.spec = (ctypes.c_int64 * len(spec))(*spec)
+        sizes = (ctypes.c_int64 * 5)()
+        lib.cnn_sizes(self.spec, sizes)
+        self.saved_per_group, self.group, self.parts = sizes[0], sizes[2], sizes[3]
+        self.num_classes = spec[3]
+
+    @classmethod
+    def get(cls, model: "MNIST1DCNN", x: torch.Tensor):
+        if x.device.type != "cpu" or x.dtype != torch.float32 or x.requires_grad:
+            return None
+        if not all(isinstance(n, nn.LayerNorm) for n in model.norms):
+            return None
+        channels = model.convs[0].out_channels
+        if any(c.out_channels != channels for c in model.convs):
+            return None
+        lib = kernels.cnn1d()
+        if lib is None:
+            return None
+        spec = [model.length, 1, channels, model.linear.out_features]
+        for conv in model.convs:
+            spec += [conv.kernel_size[0], conv.stride[0], conv.padding[0]]
+        key = tuple(spec)
+        if key not in cls._cache:
+            cls._cache[key] = cls(lib, spec)
+        return cls._cache[key]
 
     @staticmethod
-    def forward(ctx, h, weight, bias, gamma, beta, spec, lib):
-        k, stride, pad = spec
-        runs, batch, length, c_in = h.shape
-        c_out = weight.shape[1]
-        length_out = (length + 2 * pad - k) // stride + 1
-        threads = torch.get_num_threads()
-        h = h.contiguous()
-        wp = weight.new_zeros(runs, k, c_in, _padded(c_out, 32))       # wp[r, j, ci, co] = weight[r, co, ci, j]
-        wp[..., :c_out] = weight.permute(0, 3, 2, 1)
-        out = torch.empty(runs, batch * length_out, c_out)               # becomes the normalised n
-        lib.conv1d_forward(h.data_ptr(), wp.data_ptr(), runs, batch, length, c_in, k, stride, pad, length_out, c_out,
-                           out.data_ptr(), threads)
-        bias, gamma, beta = bias.contiguous(), gamma.contiguous(), beta.contiguous()
-        y = torch.empty_like(out)
-        rstd = torch.empty(runs, batch * length_out)
-        lib.ln_relu_forward(out.data_ptr(), bias.data_ptr(), y.data_ptr(), rstd.data_ptr(), gamma.data_ptr(),
-                            beta.data_ptr(), runs, batch * length_out, c_out, 1e-5, threads)
-        ctx.save_for_backward(h, weight, out, rstd, gamma, beta)
-        ctx.spec, ctx.lib = spec, lib
-        return y.view(runs, batch, length_out, c_out)
+    def _pointers(tensors):
+        return (ctypes.c_void_p * len(tensors))(*[t.data_ptr() for t in tensors])
+
+    @staticmethod
+    def _input(x):
+        """``x (R, B, L)`` -> (a contiguous base, the elements between copies: 0 for an expanded ``x``)."""
+        if x.stride(0) == 0:
+            return x[0].contiguous(), 0
+        x = x.contiguous()
+        return x, x[0].numel()
+
+    def forward(self, x, params, keep=False):
+        """``(logits (R, B, K), saved activations or None)``; ``params`` in :data:`_CNN_PARAMS` order."""
+        runs, batch = x.shape[0], x.shape[1]
+        raw = [p.detach().contiguous() for p in params]
+        base, run_stride = self._input(x)
+        logits = torch.empty(runs, batch, self.num_classes)
+        groups = -(-batch // self.group)
+        saved = torch.empty(runs, groups, self.saved_per_group) if keep else None
+        ok = self.lib.cnn_forward(base.data_ptr(), run_stride, self._pointers(raw), runs, batch, self.spec,
+                                  logits.data_ptr(), None if saved is None else saved.data_ptr(),
+                                  torch.get_num_threads())
+        if not ok:
+            raise MemoryError("dmcore's CNN kernel could not allocate its buffers")
+        return logits, saved
+
+    def backward(self, x, params, saved, grad):
+        """The gradients of ``params`` (in :data:`_CNN_PARAMS` order) for ``grad = dLoss/dlogits``."""
+        runs, batch = x.shape[0], x.shape[1]
+        raw = [p.detach().contiguous() for p in params]
+        base, run_stride = self._input(x)
+        grad = grad.contiguous()
+        parts = torch.empty(runs, self.parts, sum(p[0].numel() for p in raw))
+        grads = [torch.empty(p.shape) for p in raw]
+        ok = self.lib.cnn_backward(base.data_ptr(), run_stride, self._pointers(raw), saved.data_ptr(),
+                                   grad.data_ptr(), runs, batch, self.spec, parts.data_ptr(),
+                                   self._pointers(grads), torch.get_num_threads())
+        if not ok:
+            raise MemoryError("dmcore's CNN kernel could not allocate its buffers")
+        return grads
+
+
+class _StackedCNN(torch.autograd.Function):
+    """R stacked MNIST-1D CNNs, float32 on CPU, forward and backward in the compiled kernel:
+    ``x (R, B, L)`` and the parameters in :data:`_CNN_PARAMS` order (each ``(R, *shape)``) ->
+    logits ``(R, B, K)``. The forward pass saves each example's normalised rows and their 1/std;
+    the backward pass recomputes the activations from them. A copy's gradients are summed over its
+    batch in a fixed order, so they do not depend on the other copies (tested bitwise) nor on the
+    number of threads."""
+
+    @staticmethod
+    def forward(ctx, x, kernel, *params):
+        logits, saved = kernel.forward(x, params, keep=True)
+        ctx.save_for_backward(x, saved, *params)
+        ctx.kernel = kernel
+        return logits
 
     @staticmethod
     def backward(ctx, grad):
-        h, weight, n, rstd, gamma, beta = ctx.saved_tensors
-        (k, stride, pad), lib = ctx.spec, ctx.lib
-        runs, batch, length, c_in = h.shape
-        c_out, length_out = weight.shape[1], grad.shape[2]
-        threads = torch.get_num_threads()
-        grad = grad.contiguous()
-        co_p, ci_p = _padded(c_out, 32), _padded(c_in, 32)
-        dx = torch.empty(n.numel() + co_p - c_out)       # the kernel reads co_p - c_out floats past the end
-        dx[n.numel():] = 0
-        dx = dx[:n.numel()].view(n.shape)
-        grad_gamma, grad_beta, grad_bias = (torch.empty(runs, c_out) for _ in range(3))
-        lib.ln_relu_backward(grad.data_ptr(), n.data_ptr(), rstd.data_ptr(), gamma.data_ptr(), beta.data_ptr(),
-                             dx.data_ptr(), grad_gamma.data_ptr(), grad_beta.data_ptr(), grad_bias.data_ptr(),
-                             runs, batch * length_out, c_out, threads)
-        grad_wp = torch.empty(runs, k, c_in, co_p)
-        grad_h = wt = None
-        if ctx.needs_input_grad[0]:
-            grad_h = torch.empty(runs, batch, length, c_in)
-            wt = weight.new_zeros(runs, _padded(k, 3), c_out, ci_p)    # wt[r, j, co, ci] = weight[r, co, ci, j]
-            wt[:, :k, :, :c_in] = weight.permute(0, 3, 1, 2)
-        scratch = torch.empty(threads, length * ci_p)
-        lib.conv1d_backward(dx.data_ptr(), h.data_ptr(), None if wt is None else wt.data_ptr(), runs, batch, length,
-                            c_in, k, stride, pad, length_out, c_out, grad_wp.data_ptr(),
-                            None if grad_h is None else grad_h.data_ptr(), scratch.data_ptr(), threads)
-        grad_weight = grad_wp[..., :c_out].permute(0, 3, 2, 1).contiguous()
-        return grad_h, grad_weight, grad_bias, grad_gamma, grad_beta, None, None
-
-
-def _padded(n: int, multiple: int) -> int:
-    return -(-n // multiple) * multiple
+        x, saved, *params = ctx.saved_tensors
+        return (None, None, *ctx.kernel.backward(x, params, saved, grad))
 
 
 class MLP(nn.Module):

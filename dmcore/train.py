@@ -176,7 +176,7 @@ def _stacked(base, shared_input=False):
 
 
 @torch.no_grad()
-def _evaluate(base, params, buffers, x, chunk=100):
+def _evaluate(base, params, buffers, x, chunk=1000):
     """Logits of every run on ``x`` (shared by all runs): ``(R, N, C)``."""
     call = _stacked(base, shared_input=True)
     return torch.cat([call(params, buffers, x[i:i + chunk]) for i in range(0, len(x), chunk)], dim=1)

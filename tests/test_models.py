@@ -97,27 +97,79 @@ def test_forward_stacked_equals_each_copy(dtype, kernel, monkeypatch):
             torch.testing.assert_close(params[name].grad[r], p.grad, **tol, msg=name)
 
 
-def test_stacked_layer_kernel_against_float64():
-    """The compiled convolution / LayerNorm + ReLU layer against PyTorch ops in float64, input
-    gradient included, for every layer shape of the CNN, and for widths other than the 25 for which the
-    kernel has its own compiled loops."""
+CNN_SHAPES = [   # (channels, classes, length): the book's CNN, narrow and odd, the widest, a short input
+    (25, 10, 40), (7, 3, 23), (32, 32, 64), (5, 17, 9)]
+
+
+@pytest.mark.parametrize("channels, classes, length", CNN_SHAPES)
+@pytest.mark.parametrize("runs, batch, shared", [(1, 1, False), (3, 7, False), (2, 9, False), (2, 20, True)])
+def test_cnn_kernel_against_float64(channels, classes, length, runs, batch, shared):
+    """The compiled whole-network kernel (float32) against the PyTorch path in float64: logits and the
+    gradient of every parameter, for batches that fill a vector of 8 examples partly, once or twice and
+    a half, and for inputs shared by every copy (as in evaluation)."""
     from dmcore import kernels
-    lib = kernels.conv1d()
-    if lib is None:
+    if kernels.cnn1d() is None:
         pytest.skip("no C compiler: the PyTorch path is the one in use")
-    gen = torch.Generator().manual_seed(2)
-    for (c_in, length, k, c_out) in [(1, 40, 5, 25), (25, 19, 3, 25), (25, 10, 3, 25), (1, 40, 5, 7), (7, 19, 3, 32), (33, 12, 4, 40)]:
-        h = torch.randn(4, 6, length, c_in, generator=gen, dtype=torch.float64, requires_grad=True)
-        weight = torch.randn(4, c_out, c_in, k, generator=gen, dtype=torch.float64, requires_grad=True)
-        bias, gamma, beta = (torch.randn(4, c_out, generator=gen, dtype=torch.float64, requires_grad=True)
-                             for _ in range(3))
-        inputs = (h, weight, bias, gamma, beta)
-        ref = models._conv_layer_norm_relu(*inputs, (k, 2, 1))
-        upstream = torch.randn(ref.shape, generator=gen, dtype=torch.float64)
-        ref_grads = torch.autograd.grad((ref * upstream).sum(), inputs)
-        f32 = [t.detach().float().requires_grad_() for t in inputs]
-        ours = models._ConvLayerNormReLU.apply(*f32, (k, 2, 1), lib)
-        grads = torch.autograd.grad((ours * upstream.float()).sum(), f32)
-        torch.testing.assert_close(ours.double(), ref, rtol=1e-5, atol=1e-5)
-        for name, a, b in zip(["h", "weight", "bias", "gamma", "beta"], grads, ref_grads):
-            torch.testing.assert_close(a.double(), b, rtol=1e-4, atol=1e-4, msg=name)
+    torch.manual_seed(3)
+    nets = [models.MNIST1DCNN(num_classes=classes, channels=channels, length=length) for _ in range(runs)]
+    for net in nets:
+        for p in net.norms.parameters():
+            p.data.normal_()
+    stacked, _ = torch.func.stack_module_state(nets)
+    p32 = {k: v.detach().requires_grad_() for k, v in stacked.items()}
+    p64 = {k: v.detach().double().requires_grad_() for k, v in stacked.items()}
+    gen = torch.Generator().manual_seed(4)
+    x = torch.randn(batch, length, generator=gen).expand(runs, batch, length) if shared else \
+        torch.randn(runs, batch, length, generator=gen)
+    upstream = torch.randn(runs, batch, classes, generator=gen)
+    assert models._CNNKernel.get(nets[0], x) is not None
+    ours = nets[0].forward_stacked(p32, x)
+    (ours * upstream).sum().backward()
+    ref = nets[0].forward_stacked(p64, x.double())
+    (ref * upstream.double()).sum().backward()
+    torch.testing.assert_close(ours.double(), ref, rtol=1e-5, atol=1e-5)
+    for name in p32:
+        scale = p64[name].grad.abs().max().item()
+        torch.testing.assert_close(p32[name].grad.double(), p64[name].grad, rtol=1e-5, atol=1e-5 * scale, msg=name)
+    with torch.no_grad():                                   # evaluation: the same logits, bit for bit
+        assert torch.equal(nets[0].forward_stacked(p32, x), ours.detach())
+
+
+def test_cnn_kernel_copies_and_threads_do_not_change_a_copy():
+    """A copy's logits and gradients are the same bits alone, among other copies, and on 1 or 2 threads."""
+    torch.manual_seed(5)
+    nets, params = _stacked_copies(4, torch.float32)
+    gen = torch.Generator().manual_seed(6)
+    x = torch.randn(4, 100, 40, generator=gen)
+    upstream = torch.randn(4, 100, 10, generator=gen)
+
+    def run(selection, threads):
+        previous = torch.get_num_threads()
+        torch.set_num_threads(threads)
+        try:
+            chosen = {k: v.detach()[selection].clone().requires_grad_() for k, v in params.items()}
+            out = nets[0].forward_stacked(chosen, x[selection])
+            (out * upstream[selection]).sum().backward()
+            return out.detach(), {k: v.grad for k, v in chosen.items()}
+        finally:
+            torch.set_num_threads(previous)
+
+    together, grads = run([0, 1, 2, 3], 2)
+    for threads in (1, 2):
+        for r in range(4):
+            alone, alone_grads = run([r], threads)
+            assert torch.equal(alone[0], together[r])
+            assert all(torch.equal(alone_grads[k][0], grads[k][r]) for k in grads)
+
+
+def test_cnn_without_layer_norm_takes_the_pytorch_path():
+    nets, params = _stacked_copies(2, torch.float32)
+    plain = models.MNIST1DCNN(norm=False)
+    x = torch.randn(2, 5, 40)
+    assert models._CNNKernel.get(plain, x) is None and models._CNNKernel.get(nets[0], x.double()) is None
+    params = {k: v for k, v in params.items() if not k.startswith("norms")}
+    out = plain.forward_stacked(params, x)
+    for r, net in enumerate(nets):
+        solo = models.MNIST1DCNN(norm=False)
+        solo.load_state_dict({k: v[r] for k, v in params.items()})
+        torch.testing.assert_close(out[r], solo(x[r]))

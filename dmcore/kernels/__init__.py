@@ -1,7 +1,7 @@
 """Compiled CPU fast paths; the PyTorch code beside each caller is the reference.
 
-:func:`cpu` (``edf_cpu.c``: the EDF losses, :mod:`dmcore.losses`) and :func:`conv1d`
-(``conv1d_cpu.c``: stacked convolution + LayerNorm + ReLU layers, :mod:`dmcore.models`) compile
+:func:`cpu` (``edf_cpu.c``: the EDF losses, :mod:`dmcore.losses`) and :func:`cnn1d`
+(``cnn1d_cpu.c``: many copies of the MNIST-1D CNN, forward and backward, :mod:`dmcore.models`) compile
 their source with the system C compiler on first use (about a second), cache the shared library
 per user under ``$DMCORE_CACHE`` (default ``~/.cache/dmcore``) keyed by the source, the flags and
 the compiler, and load it with ctypes. They return None, and the callers use their PyTorch path,
@@ -20,7 +20,7 @@ import tempfile
 
 import torch
 
-__all__ = ["cpu", "conv1d"]
+__all__ = ["cpu", "cnn1d"]
 
 _HERE = pathlib.Path(__file__).parent
 _loaded: dict[str, object] = {}
@@ -28,7 +28,7 @@ _loaded: dict[str, object] = {}
 
 def _flags(name: str) -> list[str]:
     flags = ["-O3", "-std=c11", "-fPIC", "-shared", "-fopenmp", "-fno-math-errno", "-fno-trapping-math"]
-    if name == "conv1d_cpu":   # its vector code writes a * w + acc and relies on fused multiply-adds
+    if name == "cnn1d_cpu":   # its vector code writes a * w + acc and relies on fused multiply-adds
         flags.append("-ffp-contract=fast")
     if torch.backends.cpu.get_cpu_capability() in ("AVX2", "AVX512"):
         flags += ["-mavx2", "-mfma"]
@@ -70,7 +70,7 @@ def _build(name: str) -> ctypes.CDLL | None:
     lib = ctypes.CDLL(str(target))
     for function, argtypes in _SIGNATURES[name].items():
         getattr(lib, function).argtypes = argtypes
-        getattr(lib, function).restype = None
+        getattr(lib, function).restype = _RESTYPES.get(function)
     return lib
 
 
@@ -78,11 +78,13 @@ _i64, _ptr, _f32, _int = ctypes.c_int64, ctypes.c_void_p, ctypes.c_float, ctypes
 _SIGNATURES = {
     "edf_cpu": {"edf_forward_f32": [_ptr, _ptr, _i64, _i64, _i64, _i64, _ptr, _ptr, _ptr, _ptr, _int],
                 "edf_scale_f32": [_ptr, _ptr, _i64, _i64, _i64, _i64, _ptr, _ptr, _f32, _int]},
-    "conv1d_cpu": {"conv1d_forward": [_ptr, _ptr, *[_i64] * 9, _ptr, _int],
-                   "conv1d_backward": [_ptr, _ptr, _ptr, *[_i64] * 9, _ptr, _ptr, _ptr, _int],
-                   "ln_relu_forward": [*[_ptr] * 6, _i64, _i64, _i64, _f32, _int],
-                   "ln_relu_backward": [*[_ptr] * 9, _i64, _i64, _i64, _int]},
+    "cnn1d_cpu": {"cnn_sizes": [_ptr, _ptr],
+                  "cnn_forward": [_ptr, _i64, _ptr, _i64, _i64, _ptr, _ptr, _ptr, _int],
+                  "cnn_backward": [_ptr, _i64, _ptr, _ptr, _ptr, _i64, _i64, _ptr, _ptr, _ptr, _int]},
 }
+
+
+_RESTYPES = {"cnn_forward": _int, "cnn_backward": _int}   # 0: a buffer could not be allocated
 
 
 def _load(name: str):
@@ -98,6 +100,6 @@ def cpu():
     return _load("edf_cpu")
 
 
-def conv1d():
-    """The stacked conv + LayerNorm + ReLU kernels (a ctypes library), or None as for :func:`cpu`."""
-    return _load("conv1d_cpu")
+def cnn1d():
+    """The stacked MNIST-1D CNN's kernels (a ctypes library), or None as for :func:`cpu`."""
+    return _load("cnn1d_cpu")
