@@ -19,6 +19,7 @@ same for the test split, ``num_classes`` and ``name``, and a validation split wh
 
 from __future__ import annotations
 
+import functools
 import pathlib
 import pickle
 from dataclasses import dataclass, replace
@@ -52,22 +53,29 @@ def mnist1d(num_samples: int = 5000, seed: int = 42, train_split: float = 0.8) -
     """MNIST-1D generated offline; the defaults are the canonical dataset (4000 train / 1000 test).
 
     The inputs are ``(N, 40)``; the 1-D CNN of :mod:`dmcore.models` adds the channel dimension.
-    NumPy's global random state, which the generator reseeds, is restored afterwards.
+    NumPy's global random state, which the generator reseeds, is restored afterwards. The generated
+    arrays are kept for the process (generating takes seconds); each call returns its own tensors.
     """
-    from mnist1d.data import get_dataset_args, make_dataset
-
     if num_samples < 10 or not 0 < train_split < 1:
         raise ValueError(f"num_samples must be at least 10 and train_split in (0, 1), got {num_samples}, {train_split}")
+    raw = _mnist1d_arrays(int(num_samples), int(seed), float(train_split))
+    as_x = lambda a: torch.tensor(a, dtype=torch.float32)
+    as_y = lambda a: torch.tensor(a, dtype=torch.int64)
+    return Dataset("mnist1d", as_x(raw["x"]), as_y(raw["y"]), as_x(raw["x_test"]), as_y(raw["y_test"]), 10)
+
+
+@functools.lru_cache(maxsize=4)
+def _mnist1d_arrays(num_samples: int, seed: int, train_split: float) -> dict:
+    from mnist1d.data import get_dataset_args, make_dataset
+
     args = get_dataset_args()
-    args.num_samples, args.seed, args.train_split = int(num_samples), int(seed), float(train_split)
+    args.num_samples, args.seed, args.train_split = num_samples, seed, train_split
     state = np.random.get_state()
     try:
         raw = make_dataset(args)
     finally:
         np.random.set_state(state)
-    as_x = lambda a: torch.as_tensor(np.asarray(a, dtype=np.float32))
-    as_y = lambda a: torch.as_tensor(np.asarray(a, dtype=np.int64))
-    return Dataset("mnist1d", as_x(raw["x"]), as_y(raw["y"]), as_x(raw["x_test"]), as_y(raw["y_test"]), 10)
+    return {key: np.array(raw[key]) for key in ("x", "y", "x_test", "y_test")}
 
 
 def digits(test_fraction: float = 0.2, seed: int = 0) -> Dataset:
