@@ -1,12 +1,14 @@
 # The project's two commands (README.md):
 #   make book   set up .venv if needed, execute every chapter and render the HTML book to _build/html
-#   make test   unit tests, nbval over every chapter, and a strict build of the stored outputs
+#   make test   unit tests, nbval over every chapter, a strict build of the stored outputs to
+#               _build/html, and every page of it checked in headless Chromium
 # `make outputs` re-executes the chapters in place and stores their outputs (for authors).
 
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(CURDIR)/$(VENV)/bin
 STAMP  := $(VENV)/.installed
+MATHJAX := _build/mathjax/mathjax/tex-mml-chtml.js
 CHAPTERS := $(sort $(wildcard book/*.ipynb))
 
 # The kernels the chapters run in must be this environment's python, and use a fixed thread count.
@@ -15,7 +17,7 @@ export OMP_NUM_THREADS := 1
 export MKL_NUM_THREADS := 1
 export PYTHONHASHSEED := 0
 
-.PHONY: book test outputs env clean
+.PHONY: book test outputs env mathjax browser clean
 
 env: $(STAMP)
 
@@ -24,16 +26,29 @@ $(STAMP): pyproject.toml requirements.lock
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -c requirements.lock -e ".[book]"
 	touch $@
 
-book: $(STAMP)
+# MathJax 3 from the npm registry (package-lock.json pins it), copied to where _config.yml serves it.
+mathjax: $(MATHJAX)
+
+$(MATHJAX): package.json package-lock.json
+	npm ci --no-audit --no-fund --loglevel=error
+	rm -rf _build/mathjax
+	mkdir -p _build/mathjax/mathjax
+	cd node_modules/mathjax/es5 && cp -r tex-mml-chtml.js a11y adaptors input output sre ui $(CURDIR)/_build/mathjax/mathjax/
+
+# Debian's chromium and chromium-driver, for the browser test, when they are missing.
+browser:
+	@tools/install_chromium.sh
+
+book: $(STAMP) $(MATHJAX)
 	$(BIN)/jupyter-book build . --builder html
 	@echo "The book is at _build/html/index.html"
 
-test: $(STAMP)
-	$(BIN)/python -m pytest tests $(CHAPTERS) --nbval --nbval-current-env \
+test: $(STAMP) $(MATHJAX) browser
+	$(BIN)/python -m pytest tests $(CHAPTERS) --ignore=tests/browser --nbval --nbval-current-env \
 		--nbval-sanitize-with book/sanitize.cfg --nbval-cell-timeout=1200
 	$(BIN)/python tools/stored_config.py _config.yml _build/stored/_config.yml
-	$(BIN)/jupyter-book build . --config _build/stored/_config.yml --path-output _build/stored \
-		-n -W --keep-going --builder html
+	$(BIN)/jupyter-book build . --config _build/stored/_config.yml -n -W --keep-going --builder html
+	$(BIN)/python -m pytest tests/browser
 
 outputs: $(STAMP)
 	$(BIN)/python tools/store_outputs.py $(CHAPTERS)

@@ -40,7 +40,8 @@ def test_conda_environment_is_the_same_environment():
     python = next(d for d in env["dependencies"] if isinstance(d, str) and d.startswith("python="))
     assert project["requires-python"] == ">=3.11,<3.12" and python == "python=3.11"
     pip_section = next(d["pip"] for d in env["dependencies"] if isinstance(d, dict))
-    assert pip_section == ["-c requirements.lock", "-e .[book]"]
+    assert pip_section == ["--extra-index-url https://download.pytorch.org/whl/cpu", "-c requirements.lock",
+                           "-e .[book]"]
 
 
 def test_every_chapter_is_in_the_table_of_contents_and_vice_versa():
