@@ -17,7 +17,7 @@ export OMP_NUM_THREADS := 1
 export MKL_NUM_THREADS := 1
 export PYTHONHASHSEED := 0
 
-.PHONY: book test outputs env mathjax browser clean
+.PHONY: book test unit outputs experiments env mathjax browser clean
 
 env: $(STAMP)
 
@@ -49,6 +49,10 @@ test: $(STAMP) $(MATHJAX) browser
 	$(BIN)/python tools/stored_config.py _config.yml _build/stored/_config.yml
 	$(BIN)/jupyter-book build . --config _build/stored/_config.yml -n -W --keep-going --builder html
 	$(BIN)/python -m pytest tests/browser
+
+# Every record under book/records trained again (resumable: an interrupted run continues where it stopped).
+experiments: $(STAMP)
+	$(BIN)/python -m dmcore experiments
 
 outputs: $(STAMP)
 	$(BIN)/python tools/store_outputs.py $(CHAPTERS)

@@ -3,12 +3,15 @@
     python -m dmcore bench [--device cpu|cuda] [--repeats 20] [--shapes 4096x1000,65536x10] [--threads N]
     python -m dmcore sweep --dataset mnist1d --losses cce,mae,gce,imae,dm \
         --noise symmetric:0,0.2,0.4,0.6,0.8 --seeds 3 --out DIR [--steps 6000] [--device cuda]
+    python -m dmcore experiments [NAME ...] [--list] [--out _build/records] [--no-install]
+    python -m dmcore reproduce NAME [--sample K] [--mode auto|bitwise|statistical]
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+import time
 
 import torch
 
@@ -76,8 +79,48 @@ def _sweep(args) -> int:
         train.parse_loss(name)  # fail before any training
     runs = sweep.grid(args.losses, args.noise, args.seeds)
     rows = sweep.run_sweep(args.out, args.dataset, args.model, runs, protocol, args.device, args.chunk)
-    print(f"{len(rows)} runs in {args.out}/runs.csv; per-step metrics in {args.out}/history.csv")
+    print(f"{len(rows)} runs in {args.out}/runs.csv; per-step metrics in {args.out}/history.csv.gz")
     return 0
+
+
+def _experiments(args) -> int:
+    from . import experiments
+
+    _setup(args)
+    names = args.names or list(experiments.EXPERIMENTS)
+    chosen = [experiments.get(name) for name in names]   # fail on an unknown name before any training
+    if args.list:
+        for e in chosen:
+            print(f"{e.name:<24s} {len(e.runs):4d} runs  {e.chapter:<22s} {e.description}")
+        return 0
+    total = time.perf_counter()
+    for e in chosen:
+        start = time.perf_counter()
+        folder = experiments.run(e, args.out)
+        where = experiments.install(e, args.out) if args.install else folder
+        print(f"{e.name}: {len(e.runs)} runs in {where} ({time.perf_counter() - start:.0f} s)", flush=True)
+    print(f"{len(chosen)} experiments in {time.perf_counter() - total:.0f} s")
+    return 0
+
+
+def _reproduce(args) -> int:
+    from . import experiments
+
+    _setup(args)
+    outcome = experiments.reproduce(args.name, sample=args.sample, mode=args.mode, records=args.records)
+    print(outcome.table())
+    print(f"{outcome.summary()} in {outcome.seconds:.0f} s")
+    return 0 if outcome.passed else 1
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {value}")
+    return value
 
 
 def main(argv=None) -> int:
@@ -101,7 +144,7 @@ def main(argv=None) -> int:
                    help="SCHEME:RATES, repeatable; schemes symmetric, symmetric-keep, pair, mnist-map, cifar10-map: "
                         "symmetric:0,0.2,0.4 pair:0.2,0.4 (default symmetric:0,0.2,0.4,0.6,0.8)")
     s.add_argument("--seeds", type=int, default=3)
-    s.add_argument("--out", required=True, help="directory for config.json, runs.csv and history.csv")
+    s.add_argument("--out", required=True, help="directory for config.json, runs.csv and history.csv.gz")
     defaults = Protocol()
     s.add_argument("--steps", type=int, default=defaults.steps)
     s.add_argument("--batch-size", type=int, default=defaults.batch_size)
@@ -111,6 +154,24 @@ def main(argv=None) -> int:
     s.add_argument("--device", default="cpu")
     s.add_argument("--threads", type=int, default=0)
     s.set_defaults(run=_sweep)
+    e = commands.add_parser("experiments", help="train the book's records (resumable) and install them in book/records")
+    e.add_argument("names", nargs="*", help="experiments to train (default: all; --list names them)")
+    e.add_argument("--list", action="store_true", help="list the experiments and stop")
+    e.add_argument("--out", default=None, help="where to train, resumably (default: _build/records)")
+    e.add_argument("--no-install", dest="install", action="store_false",
+                   help="leave the finished records in --out instead of installing them in book/records")
+    e.add_argument("--device", default="cpu", help=argparse.SUPPRESS)
+    e.add_argument("--threads", type=_positive, default=2, help="torch threads (default 2, as the records were made)")
+    e.set_defaults(run=_experiments)
+    r = commands.add_parser("reproduce", help="re-train an experiment's runs, or a sample, and compare them with its record")
+    r.add_argument("name", help="the experiment (python -m dmcore experiments --list)")
+    r.add_argument("--sample", type=_positive, default=None, help="re-train this many runs, a deterministic sample (default: all)")
+    r.add_argument("--mode", choices=["auto", "bitwise", "statistical"], default="auto",
+                   help="auto: bitwise where the arithmetic is the record's, else statistical (see dmcore.experiments)")
+    r.add_argument("--records", default=None, help="the folder of records (default: book/records)")
+    r.add_argument("--device", default="cpu", help=argparse.SUPPRESS)
+    r.add_argument("--threads", type=_positive, default=2, help="torch threads (default 2, as the records were made)")
+    r.set_defaults(run=_reproduce)
     args = parser.parse_args(argv)
     if args.command == "sweep" and args.noise is None:
         args.noise = [_noise("symmetric:0,0.2,0.4,0.6,0.8")]

@@ -4,10 +4,13 @@ A sweep directory holds
 
 - ``config.json``: the full configuration (dataset, model, protocol, device, the grid, versions);
 - ``runs.csv``: one row per finished run: its configuration, realised noise rate, the step at which
-  it diverged (empty if it did not), best and final test accuracy, and its final metrics;
-- ``history.csv``: one row per run and evaluation step, with every metric of :mod:`dmcore.train`.
+  it diverged (empty if it did not), best and final test accuracy, its final metrics, and each
+  class's final test accuracy (``final_class_acc``, space-separated);
+- ``history.csv.gz``: one row per run and evaluation step, with every metric of :mod:`dmcore.train`.
 
-Both CSV files are rewritten atomically (written beside, then renamed) after each chunk of runs, so
+Numbers are written exactly (Python's shortest round-trip form), so a run read back is the run
+trained, bit for bit; the gzip stream carries no time stamp, so equal results give equal files.
+Both files are rewritten atomically (written beside, then renamed) after each chunk of runs, so
 an interrupted sweep leaves complete files of the chunks that finished. Rerunning the same command
 skips finished runs; a directory that holds a sweep with another configuration is refused.
 
@@ -18,6 +21,8 @@ skips finished runs; a directory that holds a sweep with another configuration i
 from __future__ import annotations
 
 import csv
+import gzip
+import io
 import json
 import math
 import os
@@ -34,7 +39,8 @@ __all__ = ["grid", "run_sweep", "load_dataset", "read_results", "summarise"]
 
 RUN_COLUMNS = ["run_id", "dataset", "model", "loss", "noise", "rate", "seed", "realised_rate", "diverged_step",
                "best_test_acc", "final_test_acc", "fit_clean", "fit_noisy", "noisy_to_true", "p_clean", "p_noisy",
-               "weight_mean", "weight_var", "logit_range", "val_acc", "val_acc_noisy"]
+               "weight_mean", "weight_var", "logit_range", "val_acc", "val_acc_noisy", "final_class_acc"]
+HISTORY_FILE = "history.csv.gz"
 HISTORY_COLUMNS = ["run_id", "step", "test_acc", "fit_clean", "fit_noisy", "noisy_to_true", "p_clean", "p_noisy",
                    "weight_mean", "weight_var", "logit_range", "val_acc", "val_acc_noisy"]
 
@@ -59,29 +65,50 @@ def grid(losses: list[str], noise: list[tuple[str, list[float]]], seeds: int) ->
             for rate in rates for seed in range(seeds)]
 
 
+def _format(value) -> str:
+    if isinstance(value, float):
+        return repr(value)
+    if isinstance(value, (list, tuple)):
+        return " ".join(repr(float(v)) for v in value)
+    return "" if value is None else str(value)
+
+
 def _write_csv(path: pathlib.Path, columns: list[str], rows: list[dict]) -> None:
+    """``rows`` as CSV at ``path`` (gzip-compressed where the name ends in ``.gz``), atomically."""
+    text = io.StringIO(newline="")
+    writer = csv.DictWriter(text, columns, extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: _format(v) for k, v in row.items()})
+    data = text.getvalue().encode()
+    if path.suffix == ".gz":
+        data = gzip.compress(data, compresslevel=9, mtime=0)
     scratch = path.with_name(path.name + ".partial")
-    with open(scratch, "w", newline="") as f:
-        writer = csv.DictWriter(f, columns, extrasaction="ignore")
-        writer.writeheader()
-        for row in rows:
-            writer.writerow({k: (f"{v:.6f}" if isinstance(v, float) else v) for k, v in row.items()})
+    scratch.write_bytes(data)
     os.replace(scratch, path)
 
 
 def _read_csv(path: pathlib.Path) -> list[dict]:
     if not path.exists():
         return []
-    with open(path, newline="") as f:
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rt", newline="") as f:
         return list(csv.DictReader(f))
 
 
+def _columns(rows: list[dict], first: list[str]) -> list[str]:
+    """The keys of ``rows``: those in ``first`` in its order, then the others in order of appearance."""
+    keys = list(dict.fromkeys(k for row in rows for k in row))
+    return [k for k in first if k in keys] + [k for k in keys if k not in first]
+
+
 def run_sweep(out, dataset: str, model: str, runs: list[train.Run], protocol: train.Protocol,
-              device: str = "cpu", chunk: int = 0, progress: bool | None = None) -> list[dict]:
+              device: str = "cpu", chunk: int = 0, progress: bool | None = None, trainer=None) -> list[dict]:
     """Train the runs of ``runs`` not yet in ``out/runs.csv``, ``chunk`` at a time (0: all at once).
 
     Returns the rows of ``runs.csv``. ``progress``: show a progress bar (default: when standard
-    error is a terminal).
+    error is a terminal). ``trainer``: the function that trains a chunk, with the signature and
+    results of :func:`dmcore.train.train_runs` (the default).
     """
     out = pathlib.Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -99,12 +126,13 @@ def run_sweep(out, dataset: str, model: str, runs: list[train.Run], protocol: tr
     os.replace(scratch, config_path)
 
     done_rows = _read_csv(out / "runs.csv")
-    history_rows = _read_csv(out / "history.csv")
+    history_rows = _read_csv(out / HISTORY_FILE)
     done = {row["run_id"] for row in done_rows}
     pending = [r for r in runs if r.run_id not in done]
     if not pending:
         return done_rows
     ds = load_dataset(dataset)
+    trainer = trainer or train.train_runs
     size = chunk or len(pending)
     chunks = [pending[i:i + size] for i in range(0, len(pending), size)]
     show = sys.stderr.isatty() if progress is None else progress
@@ -118,33 +146,39 @@ def run_sweep(out, dataset: str, model: str, runs: list[train.Run], protocol: tr
                 bar.update(step - last[0])
                 last[0] = step
 
-            for result in train.train_runs(model, ds, part, protocol, device=device, progress=advance):
+            for result in trainer(model, ds, part, protocol, device=device, progress=advance):
                 final = result["history"][-1]
-                done_rows.append({**{k: result[k] for k in RUN_COLUMNS if k in result},
+                extra = [k for k in result if k not in RUN_COLUMNS and k != "history"]
+                done_rows.append({**{k: result[k] for k in RUN_COLUMNS + extra if k in result},
                                   **{k: final[k] for k in RUN_COLUMNS if k in final}})
                 history_rows.extend({"run_id": result["run_id"], **h} for h in result["history"])
-            _write_csv(out / "history.csv", HISTORY_COLUMNS, history_rows)
-            _write_csv(out / "runs.csv", RUN_COLUMNS, done_rows)
+            _write_csv(out / HISTORY_FILE, _columns(history_rows, HISTORY_COLUMNS), history_rows)
+            _write_csv(out / "runs.csv", _columns(done_rows, RUN_COLUMNS), done_rows)
     return _read_csv(out / "runs.csv")
 
 
 _TEXT_COLUMNS = {"run_id", "dataset", "model", "loss", "noise"}
 
 
+def _value(key: str, text: str):
+    if key in _TEXT_COLUMNS:
+        return text
+    if key in ("seed", "step"):
+        return int(text)
+    if key == "final_class_acc":
+        return [float(v) for v in text.split()]
+    return float(text) if text not in ("", "nan") else math.nan
+
+
 def read_results(out) -> tuple[list[dict], list[dict]]:
-    """``runs.csv`` and ``history.csv`` of the sweep in ``out``, numbers as floats (NaN where a
-    metric is undefined, e.g. the noisy-subset fit of a clean run) and ``seed``/``step`` as ints."""
+    """``runs.csv`` and ``history.csv.gz`` of the sweep in ``out``, numbers as floats (NaN where a
+    metric is undefined, e.g. the noisy-subset fit of a clean run), ``seed``/``step`` as ints and
+    ``final_class_acc`` as a list of floats."""
     out = pathlib.Path(out)
     if not (out / "runs.csv").exists():
         raise FileNotFoundError(f"no finished runs in {out}: {out / 'runs.csv'} does not exist")
-    tables = []
-    for name in ("runs.csv", "history.csv"):
-        table = []
-        for row in _read_csv(out / name):
-            table.append({k: v if k in _TEXT_COLUMNS else int(v) if k in ("seed", "step")
-                          else float(v) if v not in ("", "nan") else math.nan for k, v in row.items()})
-        tables.append(table)
-    return tables[0], tables[1]
+    return tuple([{k: _value(k, v) for k, v in row.items()} for row in _read_csv(out / name)]
+                 for name in ("runs.csv", HISTORY_FILE))
 
 
 def summarise(rows: list[dict], metric: str, by=("loss", "noise", "rate")) -> dict[tuple, tuple[float, float, int]]:

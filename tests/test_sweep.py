@@ -1,6 +1,5 @@
 """The sweep: tidy CSV files, resuming, interruption, refusal of a mismatched directory, the CLI."""
 
-import csv
 import json
 import subprocess
 import sys
@@ -14,15 +13,14 @@ TINY = train.Protocol(steps=20, batch_size=50, eval_every=10)
 
 
 def rows(path):
-    with open(path, newline="") as f:
-        return list(csv.DictReader(f))
+    return sweep._read_csv(path)
 
 
 def test_sweep_writes_tidy_files(tmp_path):
     runs = sweep.grid(["cce", "dm:lam=1,beta=4"], [("symmetric", [0.0, 0.4])], seeds=1)
     result = sweep.run_sweep(tmp_path, "digits", "mlp", runs, TINY, chunk=3)
     assert len(result) == 4 and {r["run_id"] for r in result} == {r.run_id for r in runs}
-    history = rows(tmp_path / "history.csv")
+    history = rows(tmp_path / sweep.HISTORY_FILE)
     assert len(history) == 4 * 3 and {h["step"] for h in history} == {"0", "10", "20"}
     config = json.loads((tmp_path / "config.json").read_text())
     assert config["protocol"]["steps"] == 20 and config["model"] == "mlp" and len(config["runs"]) == 4
@@ -50,7 +48,7 @@ def test_an_interrupted_sweep_keeps_the_finished_chunks_whole(tmp_path, monkeypa
     with pytest.raises(KeyboardInterrupt):
         sweep.run_sweep(tmp_path, "digits", "mlp", runs, TINY, chunk=1)
     assert [r["loss"] for r in rows(tmp_path / "runs.csv")] == ["cce"]
-    assert len(rows(tmp_path / "history.csv")) == 3 and not list(tmp_path.glob("*.partial"))
+    assert len(rows(tmp_path / sweep.HISTORY_FILE)) == 3 and not list(tmp_path.glob("*.partial"))
     monkeypatch.setattr(train, "train_runs", real)
     assert [r["loss"] for r in sweep.run_sweep(tmp_path, "digits", "mlp", runs, TINY, chunk=1)] == ["cce", "mae"]
 
