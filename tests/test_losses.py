@@ -365,6 +365,7 @@ def test_bad_arguments_are_named():
 
 # ---------------------------------------------------------------- torch.compile
 
+@pytest.mark.slow
 def test_losses_compile_and_agree():
     torch._dynamo.reset()
     logits, target = make_batch((32, 10), seed=12, dtype=torch.float32)
@@ -463,6 +464,25 @@ def test_cpu_kernel_agrees_with_the_pytorch_path_on_special_elements(shape, monk
         results.append((value.detach(), x.grad))
     torch.testing.assert_close(results[0][0], results[1][0], rtol=2e-6, atol=1e-6)
     torch.testing.assert_close(results[0][1], results[1][1], rtol=2e-5, atol=1e-7)
+
+
+@needs_compiler
+@pytest.mark.parametrize("classes", [10, 100])
+def test_cpu_kernel_gives_an_element_the_same_bits_wherever_it_sits_in_the_batch(classes):
+    """An element's value and gradient do not depend on its neighbours or its position (vector body or
+    scalar tail of a tile), so a run trained with others equals the run trained alone, bit for bit."""
+    logits, target = make_batch((61, classes), seed=5, dtype=torch.float32, scale=4.0, ignore_some=False)
+    logits = logits.detach()
+    outputs = []
+    for before in (0, 3, 64, 70):       # rows prepended: the same rows land on other lanes and tiles
+        pad, pad_t = make_batch((before, classes), seed=6, dtype=torch.float32, ignore_some=False) if before else (
+            torch.empty(0, classes), torch.empty(0, dtype=torch.long))
+        x = torch.cat([pad.detach(), logits]).requires_grad_()
+        value = losses.edf_loss(x, torch.cat([pad_t, target]), edf.dm(0.5, 8), reduction="none")
+        value.backward(torch.ones_like(value))
+        outputs.append((value[before:].detach(), x.grad[before:]))
+    for value, grad in outputs[1:]:
+        assert torch.equal(value, outputs[0][0]) and torch.equal(grad, outputs[0][1])
 
 
 @needs_compiler

@@ -30,13 +30,21 @@
 #define EXP_MIN -87.3f
 #define EXP_MAX 88.7f
 
-/* exp by Cody-Waite reduction, x = n ln2 + r, and a degree-6 polynomial for exp(r). */
+/* exp by Cody-Waite reduction, x = n ln2 + r, and a degree-6 polynomial for exp(r). Every step is
+ * the one exp_v8 takes on a lane (the same fused multiply-adds), so an element's value does not
+ * depend on whether it falls in a vector body or a scalar tail, that is on its position in the
+ * batch: a run trained with others equals the run trained alone, bit for bit. */
 static inline float exp_f32(float x) {
     float xc = fminf(fmaxf(x, EXP_MIN), EXP_MAX);
     float n = rintf(xc * LOG2E);
-    float r = xc - n * LN2_HI - n * LN2_LO;
-    float poly = ((((((1.0f / 720.0f) * r + 1.0f / 120.0f) * r + 1.0f / 24.0f) * r + 1.0f / 6.0f) * r
-                   + 0.5f) * r + 1.0f) * r + 1.0f;
+    float r = fmaf(-n, LN2_LO, fmaf(-n, LN2_HI, xc));
+    float poly = 1.0f / 720.0f;
+    poly = fmaf(poly, r, 1.0f / 120.0f);
+    poly = fmaf(poly, r, 1.0f / 24.0f);
+    poly = fmaf(poly, r, 1.0f / 6.0f);
+    poly = fmaf(poly, r, 0.5f);
+    poly = fmaf(poly, r, 1.0f);
+    poly = fmaf(poly, r, 1.0f);
     union { int32_t i; float f; } two_n = {.i = ((int32_t)n + 127) << 23};
     return x < EXP_MIN ? 0.0f : poly * two_n.f;
 }
