@@ -48,7 +48,11 @@ test: $(STAMP) $(MATHJAX) browser
 		--nbval-sanitize-with book/sanitize.cfg --nbval-cell-timeout=1200
 	$(BIN)/python tools/stored_config.py _config.yml _build/stored/_config.yml
 	$(BIN)/jupyter-book build . --config _build/stored/_config.yml -n -W --keep-going --builder html
-	$(BIN)/python -m pytest tests/browser
+	DMCORE_REQUIRE_SITE=1 $(BIN)/python -m pytest tests/browser
+
+# The one-minute loop for developers: the unit tests without the slow ones (no chapters, no browser).
+unit: $(STAMP)
+	$(BIN)/python -m pytest tests --ignore=tests/browser -m "not slow" -q
 
 # Every record under book/records trained again (resumable: an interrupted run continues where it stopped).
 experiments: $(STAMP)

@@ -10,6 +10,10 @@ and beyond the gradient that backward returns (which every loss must allocate).
 
     python -m dmcore bench                 # this machine's CPU, the shapes below
     python -m dmcore bench --device cuda   # a GPU, if there is one
+    python -m dmcore bench --record book/records/bench-cpu.json   # the book's recorded table
+
+Timings belong to a machine and a moment, so nothing asserts them: the book shows a recorded table
+(:func:`save`, :func:`load`) that names its machine, and a reader re-measures with the command above.
 
 Targets on CPU: DMLoss at most 1.0x the time of F.cross_entropy at every shape, and extra peak
 memory beyond the gradient at most the size of the logits.
@@ -18,7 +22,11 @@ memory beyond the gradient at most the size of the logits.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import datetime
+import json
 import os
+import pathlib
 import sys
 import time
 from dataclasses import dataclass
@@ -28,7 +36,8 @@ import torch.nn.functional as F
 
 from . import losses
 
-__all__ = ["CPU_SHAPES", "Result", "run", "format_table", "time_forward_backward", "peak_memory"]
+__all__ = ["CPU_SHAPES", "Result", "Recorded", "run", "format_table", "save", "load", "time_forward_backward",
+           "peak_memory"]
 
 #: (N, C) classification and (N, C, H, W) segmentation shapes of the CPU benchmark.
 CPU_SHAPES = [(4096, 1000), (512, 32000), (65536, 10), (8, 21, 128, 128)]
@@ -157,3 +166,42 @@ def format_table(results: list[Result]) -> str:
         lines.append(f"{shape:>18s}  {r.loss:16s} {r.time_ms:10.2f} {r.time_ratio:6.2f}x {r.peak:6.2f}x "
                      f"{r.peak_beyond_grad:11.2f}x")
     return "\n".join(lines)
+
+
+@dataclasses.dataclass
+class Recorded:
+    """A benchmark as recorded: the machine it ran on, the repeats, and the results."""
+
+    machine: dict
+    repeats: int
+    results: list[Result]
+
+    def describe(self) -> str:
+        m = self.machine
+        return (f"recorded {m['date']} on {m['device']}, {m['threads']} threads, torch {m['torch']} "
+                f"(CPU capability {m['cpu_capability']}), dmcore {m['dmcore_commit'][:10]}; forward+backward, "
+                f"fastest of {self.repeats} interleaved runs; memory in units of the logits' size")
+
+
+def save(results: list[Result], path, device: str = "cpu", repeats: int = 20) -> Recorded:
+    """Write ``results`` with a description of this machine to the JSON file ``path``."""
+    from .experiments import provenance
+
+    here = provenance()
+    device = torch.device(device)
+    machine = {"date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d"),
+               "device": torch.cuda.get_device_name(device) if device.type == "cuda" else here["cpu"],
+               **{k: here[k] for k in ("threads", "torch", "cpu_capability", "kernel", "dmcore_commit")}}
+    recorded = Recorded(machine, repeats, results)
+    path = pathlib.Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    body = {"machine": machine, "repeats": repeats, "results": [dataclasses.asdict(r) for r in results]}
+    path.write_text(json.dumps(body, indent=1) + "\n")
+    return recorded
+
+
+def load(path) -> Recorded:
+    """A benchmark written by :func:`save`."""
+    body = json.loads(pathlib.Path(path).read_text())
+    results = [Result(**{**r, "shape": tuple(r["shape"])}) for r in body["results"]]
+    return Recorded(body["machine"], body["repeats"], results)

@@ -39,6 +39,8 @@ def _bench(args) -> int:
 
     _setup(args)
     results = bench.run(args.device, args.shapes, args.repeats)
+    if args.record:
+        bench.save(results, args.record, args.device, args.repeats)
     where = torch.cuda.get_device_name(args.device) if args.device.startswith("cuda") else \
         f"CPU, {torch.get_num_threads()} threads"
     print(f"forward+backward, fastest of {args.repeats} interleaved runs; memory in units of the logits' size ({where})")
@@ -134,6 +136,7 @@ def main(argv=None) -> int:
     b.add_argument("--shapes", type=lambda s: [_shape(x) for x in s.split(",")], default=None,
                    help="comma-separated shapes like 4096x1000,8x21x128x128 (default: the CPU benchmark's)")
     b.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's own)")
+    b.add_argument("--record", default=None, help="also write the results and this machine's description to this JSON file")
     b.set_defaults(run=_bench)
     s = commands.add_parser("sweep", help="train a grid of runs under label noise, batched, into tidy CSV files")
     s.add_argument("--dataset", default="mnist1d", help="mnist1d or digits, optionally long-tailed (-lt10) and with a validation split (-val0.2): mnist1d-lt10-val0.2")

@@ -32,10 +32,15 @@ def test_run_reports_every_loss_and_ratios_to_cross_entropy():
     assert "64x10" in table and "2x3x4x4" in table and len(table.splitlines()) == 1 + len(results)
 
 
-def test_command_line_bench():
-    out = subprocess.run([sys.executable, "-m", "dmcore", "bench", "--shapes", "128x10", "--repeats", "2"],
-                         capture_output=True, text=True, timeout=300, check=True).stdout
+def test_command_line_bench(tmp_path):
+    record = tmp_path / "bench.json"
+    out = subprocess.run([sys.executable, "-m", "dmcore", "bench", "--shapes", "128x10", "--repeats", "2",
+                          "--record", str(record)], capture_output=True, text=True, timeout=300, check=True).stdout
     assert "DMLoss" in out and "vs CE" in out and "DMLoss time vs F.cross_entropy: max" in out
+    recorded = bench.load(record)
+    assert recorded.repeats == 2 and [r.shape for r in recorded.results] == [(128, 10)] * 4
+    assert recorded.machine["threads"] >= 1 and "fastest of 2" in recorded.describe()
+    assert bench.format_table(recorded.results) in out     # the file holds what was printed
 
 
 @pytest.mark.parametrize("text", ["4096", "4096xa", "0x10"])

@@ -6,6 +6,8 @@ import re
 import subprocess
 import sys
 
+import pytest
+
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
@@ -13,6 +15,7 @@ def _python_blocks(markdown: str) -> list[str]:
     return re.findall(r"^```python\n(.*?)^```", markdown, flags=re.S | re.M)
 
 
+@pytest.mark.slow
 def test_the_training_loop_example_runs_and_learns():
     page = (ROOT / "book" / "intro.md").read_text()
     section = page.split("## Using dmcore's losses in your own training", 1)[1].split("\n## ", 1)[0]
