@@ -10,6 +10,11 @@ matplotlib):
 - :mod:`dmcore.noise`: label-noise generators with exact realised rates.
 - :mod:`dmcore.data`: MNIST-1D and digits offline, long-tailed subsets, a CIFAR file reader.
 - :mod:`dmcore.models`: the MNIST-1D CNN, an MLP, CIFAR ResNet-20/44/56.
+- :mod:`dmcore.train`, :mod:`dmcore.sweep`: many runs trained as one batched computation; grids of
+  runs written to tidy files.
+- :mod:`dmcore.experiments`: the book's experiments, defined once; their committed records, read
+  (:func:`~dmcore.experiments.load`), trained and reproduced (``python -m dmcore reproduce``).
+- :mod:`dmcore.alignment`: gradient directions and weights along a training trajectory.
 - :mod:`dmcore.bench`: their benchmark against ``F.cross_entropy`` (``python -m dmcore bench``).
 - :mod:`dmcore.plotting`: the book's figure style.
 """
@@ -17,7 +22,8 @@ matplotlib):
 import importlib
 
 __version__ = "0.1.0"
-__all__ = ["symbolic", "edf", "losses", "kernels", "bench", "noise", "data", "models", "plotting"]
+__all__ = ["symbolic", "edf", "losses", "kernels", "bench", "noise", "data", "models", "plotting", "train", "sweep",
+           "experiments", "alignment"]
 
 
 def __getattr__(name):

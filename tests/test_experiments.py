@@ -91,7 +91,7 @@ def test_a_record_holds_the_runs_exactly(tiny_record):
             assert read.keys() - {"run_id"} == trained.keys()
             assert all(read[k] == v or (math.isnan(read[k]) and math.isnan(v)) for k, v in trained.items())
     provenance = json.loads((tiny_record / "tiny" / "provenance.json").read_text())
-    assert len(provenance) == 1 and len(provenance[0]["runs"]) == len(TINY.runs) and provenance[0]["wall_seconds"] > 0
+    assert len(provenance) == 1 and len(provenance[0]["runs"]) == len(TINY.runs) and "wall_seconds" in provenance[0]
 
 
 def test_the_results_view(tiny_record):
