@@ -399,6 +399,9 @@ class Reproduction:
                          f"{r['reproduced']:>10.4f} {r['difference']:>10.2e} {allowed:>15s}  {'yes' if r['ok'] else 'NO'}")
         return "\n".join(lines)
 
+    def __str__(self) -> str:
+        return self.table() + "\n" + self.summary()
+
     def summary(self) -> str:
         modes = sorted(set(self.modes.values()))
         verdict = "equal to the record" if self.passed and modes == ["bitwise"] else \
