@@ -207,19 +207,21 @@ def _same_arithmetic(a: dict, b: dict) -> bool:
 
 def run(experiment, out=None, progress: bool | None = None) -> pathlib.Path:
     """Train the runs of ``experiment`` missing from ``out/<name>`` (default under :data:`SCRATCH`),
-    resumably, and add this session's provenance. Returns the record's folder."""
+    resumably, and add this session's provenance, taken when it starts. The session claims every run
+    of the record that no earlier session claims (so runs of an interrupted session are claimed by
+    the one that completes it). Returns the record's folder."""
     experiment = _as_experiment(experiment)
     folder = pathlib.Path(out or SCRATCH) / experiment.name
-    before = {r["run_id"] for r in sweep._read_csv(folder / "runs.csv")}
-    pending = [r.run_id for r in experiment.runs if r.run_id not in before]
-    start, started = time.perf_counter(), datetime.datetime.now(datetime.timezone.utc)
+    here, started, start = provenance(experiment.model), datetime.datetime.now(datetime.timezone.utc), time.perf_counter()
     sweep.run_sweep(folder, experiment.dataset, experiment.model, list(experiment.runs), experiment.protocol,
                     chunk=_CHUNK, progress=progress, trainer=_TRAINERS[experiment.trainer])
-    if pending:
-        path = folder / "provenance.json"
-        sessions = json.loads(path.read_text()) if path.exists() else []
-        sessions.append({**provenance(experiment.model), "date": started.strftime("%Y-%m-%d %H:%M UTC"),
-                         "wall_seconds": round(time.perf_counter() - start, 1), "runs": pending})
+    path = folder / "provenance.json"
+    sessions = json.loads(path.read_text()) if path.exists() else []
+    claimed = {run_id for s in sessions for run_id in s["runs"]}
+    new = [r["run_id"] for r in sweep._read_csv(folder / "runs.csv") if r["run_id"] not in claimed]
+    if new:
+        sessions.append({**here, "date": started.strftime("%Y-%m-%d %H:%M UTC"),
+                         "wall_seconds": round(time.perf_counter() - start, 1), "runs": new})
         scratch = path.with_name(path.name + ".partial")
         scratch.write_text(json.dumps(sessions, indent=1) + "\n")
         os.replace(scratch, path)

@@ -137,6 +137,26 @@ def test_run_resumes_and_install_copies_a_complete_record(tmp_path, monkeypatch)
     assert len(experiments.Results(small, folder).runs) == 4
 
 
+def test_an_interrupted_session_leaves_no_run_unclaimed(tmp_path, monkeypatch):
+    small = dataclasses.replace(TINY, name="small", runs=TINY.runs[:3])
+    monkeypatch.setattr(experiments, "_CHUNK", 1)
+    real, calls = experiments._TRAINERS["train"], []
+
+    def interrupted(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setitem(experiments._TRAINERS, "train", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        experiments.run(small, tmp_path, progress=False)
+    monkeypatch.setitem(experiments._TRAINERS, "train", real)
+    experiments.run(small, tmp_path, progress=False)
+    sessions = json.loads((tmp_path / "small" / "provenance.json").read_text())
+    assert [sorted(s["runs"]) for s in sessions] == [sorted(r.run_id for r in small.runs)]
+
+
 def test_the_retrain_switch_trains_instead_of_reading(tmp_path, monkeypatch):
     small = dataclasses.replace(TINY, name="small", runs=TINY.runs[:2])
     monkeypatch.setitem(experiments.EXPERIMENTS, "small", small)
