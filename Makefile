@@ -16,6 +16,10 @@ export PATH := $(BIN):$(PATH)
 export OMP_NUM_THREADS := 1
 export MKL_NUM_THREADS := 1
 export PYTHONHASHSEED := 0
+# torch.compile's kernels are cached per checkout: the default cache in /tmp is shared by every
+# checkout on the machine and does not tell apart kernels built under another ATEN_CPU_CAPABILITY,
+# and one built for AVX-512 crashed a run under ATEN_CPU_CAPABILITY=avx2.
+export TORCHINDUCTOR_CACHE_DIR := $(CURDIR)/_build/torchinductor
 
 .PHONY: book test unit outputs experiments env mathjax browser clean
 
