@@ -269,3 +269,14 @@ def test_the_landing_page_counts_the_runs_the_experiments_define():
     assert f"noise rates ({count('emphasis')} runs)" in intro
     assert f"({count('imbalance-lt10', 'imbalance-lt50')} runs, and " \
            f"{count('imbalance-lt10-no-decay', 'imbalance-lt50-no-decay')} of CCE without weight" in intro
+
+
+def test_bitwise_only_where_the_arithmetic_and_the_path_allow_it():
+    here = {**experiments.provenance(), "kernel": "c"}
+    cnn, single = experiments.get("label-noise"), experiments.get("alignment")
+    assert experiments._bitwise_possible(cnn, here, here)
+    assert not experiments._bitwise_possible(cnn, {**here, "cpu_capability": "other"}, here)
+    assert not experiments._bitwise_possible(cnn, {**here, "cpu": "another CPU"}, here)
+    on_torch = {**here, "kernel": "torch"}       # the CNN's PyTorch path depends on the runs trained with it
+    assert not experiments._bitwise_possible(cnn, on_torch, on_torch)
+    assert experiments._bitwise_possible(single, on_torch, on_torch)      # one run at a time

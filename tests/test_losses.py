@@ -416,8 +416,16 @@ def test_data_parallel_gradients_equal_one_process_with_the_whole_batch(tmp_path
 
 # ---------------------------------------------------------------- the compiled CPU kernel
 
-needs_compiler = pytest.mark.skipif(shutil.which("gcc") is None and shutil.which("cc") is None and "CC" not in os.environ,
-                                    reason="the CPU kernel needs a C compiler")
+@pytest.fixture
+def kernel_on(monkeypatch):
+    """The compiled kernel enabled for the test, whatever DMCORE_CPU_KERNEL the suite runs under."""
+    monkeypatch.setenv("DMCORE_CPU_KERNEL", "1")
+
+
+def needs_compiler(test):
+    """A test of the compiled CPU kernel: it runs with the kernel enabled, where a C compiler exists."""
+    missing = shutil.which("gcc") is None and shutil.which("cc") is None and "CC" not in os.environ
+    return pytest.mark.usefixtures("kernel_on")(pytest.mark.skipif(missing, reason="the CPU kernel needs a C compiler")(test))
 
 
 @needs_compiler
