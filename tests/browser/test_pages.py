@@ -150,6 +150,10 @@ def browser():
     driver = WebDriver(url, {"browserName": "chrome",
                              "goog:chromeOptions": {"binary": chromium, "args": args},
                              "goog:loggingPrefs": {"browser": "ALL"}})
+    # The first page of a fresh browser profile can take longer than WebDriver's default 30 s script
+    # timeout to typeset and load (seen once in CI right after the build, on index.html); a page that
+    # never finishes still fails, after two minutes.
+    driver.command("POST", "/timeouts", {"script": 120_000})
     yield driver
     driver.quit()
     driver_process.terminate()
