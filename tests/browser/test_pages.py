@@ -26,6 +26,7 @@ import http.server
 import json
 import os
 import pathlib
+import re
 import shutil
 import socket
 import subprocess
@@ -73,8 +74,15 @@ class WebDriver:
     def command(self, method: str, path: str, body: dict | None = None):
         return self._call(method, f"/session/{self.session}{path}", body)
 
-    def get(self, url: str) -> None:
+    def get(self, url: str, redirects_to: str | None = None, timeout: float = 60) -> None:
+        """Open ``url``; where the page redirects (a meta refresh), wait until the browser is at
+        ``redirects_to``, so that no later script runs while the page is being replaced."""
         self.command("POST", "/url", {"url": url})
+        deadline = time.monotonic() + timeout
+        while redirects_to and not self.command("GET", "/url").startswith(redirects_to):
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{url} did not redirect to {redirects_to} within {timeout} s")
+            time.sleep(0.1)
 
     def script(self, source: str, *args, asynchronous: bool = False):
         return self.command("POST", "/execute/async" if asynchronous else "/execute/sync",
@@ -150,10 +158,7 @@ def browser():
     driver = WebDriver(url, {"browserName": "chrome",
                              "goog:chromeOptions": {"binary": chromium, "args": args},
                              "goog:loggingPrefs": {"browser": "ALL"}})
-    # The first page of a fresh browser profile can take longer than WebDriver's default 30 s script
-    # timeout to typeset and load (seen once in CI right after the build, on index.html); a page that
-    # never finishes still fails, after two minutes.
-    driver.command("POST", "/timeouts", {"script": 120_000})
+    driver.command("POST", "/timeouts", {"script": 60_000})    # a page that never finishes fails after a minute
     yield driver
     driver.quit()
     driver_process.terminate()
@@ -235,7 +240,8 @@ def test_the_site_has_pages():
 def test_page(page, site, browser):
     _Handler.missing.clear()
     browser.console()                                   # drop what earlier pages left
-    browser.get(site + page)
+    refresh = re.search(r'http-equiv="Refresh" content="0; url=([^"]+)"', (HTML / page).read_text(errors="replace"))
+    browser.get(site + page, redirects_to=urllib.parse.urljoin(site + page, refresh[1]) if refresh else None)
     report = browser.script(_INSPECT, asynchronous=True)
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
     (SCREENSHOTS / page.replace("/", "__").replace(".html", ".png")).write_bytes(browser.screenshot())
