@@ -3,12 +3,12 @@
 :func:`train_runs` trains ``R`` runs of one model on one dataset as one batched computation: the
 runs' parameters are stacked (``torch.func.stack_module_state``) and their forward and backward
 passes run as batched operations (the model's ``forward_stacked`` where it has one, else ``vmap``
-of its ``forward``), each run on its own mini-batches of its own noisy labels. Runs are
-grouped by loss; a run's loss is its own batch mean, for the EDF losses normalised by its own
-batch sum of weights (the upstream gradient ``1 / Z_r`` of ``reduction='none'``), so each run's
-gradient is exactly what it would be alone, and the test suite checks that batched training
-equals training one run at a time. SGD with momentum and weight decay over the stacked tensors is
-elementwise, hence the same as one optimiser per run.
+of its ``forward``), each run on its own mini-batches of its own noisy labels. Each run's loss
+is computed by its own call on its own batch (the batch mean; for the EDF losses normalised by
+the run's own batch sum of weights), so each run's gradient is exactly what it would be alone,
+and the test suite checks that batched training equals training one run at a time (in float32 on
+the compiled kernel path, bit for bit). SGD with momentum and weight decay over the stacked
+tensors is elementwise, hence the same as one optimiser per run.
 
 Every ``eval_every`` steps (and at the end) each run records, on the full splits: test accuracy;
 the fit of its clean and of its noisy training subsets to their observed labels; the fraction of
