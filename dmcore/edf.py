@@ -12,6 +12,8 @@ EDF                    :math:`w(p)`                                emphasis mode
 ``mae()``              :math:`2p(1-p)`                             1/2
 ``mse()``              :math:`4p(1-p)^2`                           1/3
 ``gce(q)``             :math:`2p^q(1-p)`                           q/(q+1)
+``sce(alpha, beta)``   :math:`2(1-p)(\\alpha + 4\\beta p)`            max(0, 1/2 - alpha/(8 beta))
+``poly1(epsilon)``     :math:`2(1-p)(1 + \\epsilon p)`                max(0, (epsilon-1)/(2 epsilon))
 ``imae(T)``            :math:`\\exp(T p (1-p))`                     1/2
 ``dm(lam, beta)``      :math:`\\exp(\\beta p^\\lambda (1-p))`         lambda/(lambda+1)
 ``normal(psi, beta)``  :math:`\\exp(-\\beta p (p - 2\\psi))`          psi
@@ -19,7 +21,7 @@ EDF                    :math:`w(p)`                                emphasis mode
 ``beta_density(a, e)`` :math:`p^{a-1}(1-p)^{e-1}`                  (a-1)/(a+e-2)
 =====================  ==========================================  ==================
 
-The first four are the natural weights of the losses, derived from their definitions
+The first six are the natural weights of the losses, derived from their definitions
 (:func:`dmcore.symbolic.derivative_magnitude`); the others are defined directly, as in the DM paper
 (X. Wang et al., *Derivative manipulation for general example weighting*, arXiv:1905.11233).
 
@@ -46,7 +48,7 @@ import torch
 from . import symbolic
 from .symbolic import alpha, beta, eta, lam, p, psi, q, T
 
-__all__ = ["EDF", "cce", "mae", "mse", "gce", "imae", "dm", "normal", "exponential", "beta_density",
+__all__ = ["EDF", "cce", "mae", "mse", "gce", "sce", "poly1", "imae", "dm", "normal", "exponential", "beta_density",
            "from_sympy", "from_callable", "implied_loss", "check_parameter"]
 
 
@@ -133,8 +135,14 @@ def _named(name: str, **params: float) -> str:
 
 
 def _loss_weight(loss: str, **params: float) -> EDF:
-    subs = {q: _exact(params["q"])} if "q" in params else {}
-    return EDF(_named(loss, **params), symbolic.derivative_magnitude(loss).subs(subs), params=params)
+    """The derived weight of ``loss`` with its parameters set; absolute values are resolved for
+    ``0 < p < 1`` (written as ``p = 1 / (1 + r)``, ``r > 0``) where the parameters fix their sign."""
+    symbols = {"q": q, "alpha": symbolic.alpha, "beta": symbolic.beta, "epsilon": symbolic.epsilon}
+    expr = symbolic.derivative_magnitude(loss).subs({symbols[k]: _exact(v) for k, v in params.items()})
+    if expr.has(sp.Abs):
+        r = sp.Symbol("r", positive=True)
+        expr = sp.factor(sp.simplify(sp.simplify(expr.subs(p, 1 / (1 + r))).subs(r, (1 - p) / p)))
+    return EDF(_named(loss, **params), expr, params=params)
 
 
 def _defined(family: str, subs: dict, **params: float) -> EDF:
@@ -164,6 +172,24 @@ def mse() -> EDF:
 def gce(q: float = 0.7) -> EDF:
     """GCE's weight, :math:`2p^q(1-p)`: derived from :math:`(1-p^q)/q`, with ``0 < q <= 1``."""
     return _loss_weight("gce", q=check_parameter("q", q, 0, 1, low_open=True))
+
+
+@lru_cache(maxsize=256)
+def sce(alpha: float = 0.1, beta: float = 1.0) -> EDF:
+    """Symmetric cross-entropy's weight, :math:`2(1-p)(\\alpha + 4\\beta p)`: derived from
+    :math:`\\alpha(-\\log p) + \\beta(-A)(1 - p)` with ``A = -4`` (Wang et al., ICCV 2019; their
+    CIFAR-10 setting ``alpha = 0.1, beta = 1``), ``alpha, beta >= 0``, not both 0."""
+    alpha_, beta_ = check_parameter("alpha", alpha, 0), check_parameter("beta", beta, 0)
+    if alpha_ == 0 and beta_ == 0:
+        raise ValueError("alpha and beta must not both be 0: the loss would be constant")
+    return _loss_weight("sce", alpha=alpha_, beta=beta_)
+
+
+@lru_cache(maxsize=256)
+def poly1(epsilon: float = 1.0) -> EDF:
+    """Poly-1's weight, :math:`2(1-p)(1 + \\epsilon p)`: derived from :math:`-\\log p + \\epsilon(1 - p)`
+    (Leng et al., ICLR 2022), ``epsilon >= -1`` (below, the loss would grow with ``p`` near 1)."""
+    return _loss_weight("poly1", epsilon=check_parameter("epsilon", epsilon, -1))
 
 
 @lru_cache(maxsize=256)

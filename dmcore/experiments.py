@@ -115,6 +115,27 @@ NORMALISED = ("cce-dn", "mae-dn", "mse-dn", "gce-dn")
 DM_GRID = ("dm:lam=0,beta=0",) + tuple(f"dm:lam={lam:g},beta={beta:g}" for lam in (0, 0.5, 1, 2) for beta in (4, 8, 16, 32))
 IMBALANCE = ("cce", "mae", "gce", "imae", "dm", "dm:lam=0.3,beta=6.5")
 _NO_DECAY = train.Protocol(weight_decay=0.0)
+#: The learning rates every loss is tuned over (0.05 is the book's common default).
+TUNING_LRS = (0.01, 0.05, 0.2)
+#: Each loss's own settings in the tuning grid, its common default first: the papers' setting and one
+#: alternative (derivative normalisation for the losses without a parameter).
+TUNING = {"cce": ("cce", "cce-dn"), "mae": ("mae", "mae-dn"), "gce": ("gce", "gce:q=0.4"),
+          "imae": ("imae", "imae:T=4"), "dm": ("dm", "dm:lam=2,beta=8"), "sce": ("sce", "sce:alpha=1,beta=1"),
+          "nce+rce": ("nce+rce", "nce+rce:alpha=1,beta=100"), "poly1": ("poly1", "poly1:epsilon=2")}
+TUNING_NOISE = (("symmetric", (0.0, 0.4, 0.6)), ("pair", (0.4,)))
+#: The other emphasis density functions of the DM paper, two settings each.
+EDF_FAMILIES = ("normal:psi=0.25,beta=8", "normal:psi=0.75,beta=8", "exponential:beta=2", "exponential:beta=-2",
+                "beta:alpha=2,eta=3", "beta:alpha=4,eta=2")
+#: The losses of the scale experiments, each at its default.
+SCALE = ("cce", "gce", "imae", "dm", "sce", "nce+rce", "poly1")
+_SCALE_NOISE = [("symmetric", [0.4, 0.6, 0.8]), ("mnist-map", [0.4])]
+
+
+def _tuning_grid(seeds: int) -> tuple[train.Run, ...]:
+    """Every loss's settings at every learning rate, learning rates outermost (runs that share one
+    train together), then loss, setting, noise, seed."""
+    return tuple(train.Run(loss, scheme, rate, seed, lr) for lr in TUNING_LRS for settings in TUNING.values()
+                 for loss in settings for scheme, rates in TUNING_NOISE for rate in rates for seed in range(seeds))
 
 
 def _define() -> dict[str, Experiment]:
@@ -137,6 +158,19 @@ def _define() -> dict[str, Experiment]:
                    sample=1, trainer="alignment"),
         Experiment("class-noise", "reviewers_questions", "class-dependent noise (the MNIST map of Patrini et al.)",
                    mnist, cnn, train.Protocol(), _grid(["cce", "gce", "imae", "dm"], [("mnist-map", [0.2, 0.4, 0.6])], 2), sample=2),
+    ]
+    experiments += [
+        Experiment("label-noise-tuned", "label_noise",
+                   "eight losses, each tuned over 3 learning rates x 2 settings of its own on noisy validation labels",
+                   "mnist1d-val0.2", cnn, train.Protocol(steps=3000), _tuning_grid(5)),
+        Experiment("edf-families", "emphasis_mode_spread", "the normal, exponential and beta-density EDFs, trained",
+                   "mnist1d-val0.2", cnn, train.Protocol(steps=3000),
+                   _grid(EDF_FAMILIES, [("symmetric", [0.0, 0.4])], 5), sample=2),
+        Experiment("scale-4k", "scale", "the wider CNN (48 channels) on the 4000 canonical training sequences",
+                   mnist, "mnist1d_cnn_w48", train.Protocol(), _grid(SCALE, _SCALE_NOISE, 3), sample=2),
+        Experiment("scale-40k", "scale", "the wider CNN on 40,000 training sequences, 50 epochs",
+                   "mnist1d-40k", "mnist1d_cnn_w48", train.Protocol(steps=20000, eval_every=1000),
+                   _grid(SCALE, _SCALE_NOISE, 3), sample=1),
     ]
     for ratio in (10, 50):
         experiments += [
@@ -190,7 +224,11 @@ def _commit() -> str:
 
 def _kernel_path(model: str) -> str:
     """``c`` where the compiled kernels run (the CNN's and the EDF losses'), ``torch`` otherwise."""
-    return "c" if kernels.cpu() is not None and (model != "mnist1d_cnn" or kernels.cnn1d() is not None) else "torch"
+    return "c" if kernels.cpu() is not None and (not _is_cnn(model) or kernels.cnn1d() is not None) else "torch"
+
+
+def _is_cnn(model: str) -> bool:
+    return model.startswith("mnist1d_cnn")
 
 
 def provenance(model: str = "mnist1d_cnn") -> dict:
@@ -210,7 +248,7 @@ def _same_arithmetic(a: dict, b: dict) -> bool:
 
 def _bitwise_possible(experiment: Experiment, session: dict, here: dict) -> bool:
     """The record's arithmetic, on a path where a run does not depend on its companions (module docstring)."""
-    stacked_cnn_on_torch = experiment.trainer == "train" and experiment.model == "mnist1d_cnn" and session.get("kernel") != "c"
+    stacked_cnn_on_torch = experiment.trainer == "train" and _is_cnn(experiment.model) and session.get("kernel") != "c"
     return _same_arithmetic(session, here) and not stacked_cnn_on_torch
 
 
@@ -496,7 +534,7 @@ def _structure(old: dict, history: list[dict], result: dict, mode: str) -> dict:
 
 def _bitwise(old: dict, history: list[dict], result: dict, recorded: Results, spread) -> list[dict]:
     """Every recorded number of the run (history, accuracies, per-class accuracies) equal, bit for bit."""
-    unequal = [k for a, b in zip(history, result["history"]) for k in b if not _equal(a[k], b[k])]
+    unequal = [k for a, b in zip(history, result["history"]) for k in b if k in a and not _equal(a[k], b[k])]
     unequal += [k for k in _CHECKED if not _equal(old[k], result[k])]
     unequal += ["final_class_acc" for a, b in zip(old.get("final_class_acc", []), result.get("final_class_acc", []))
                 if not _equal(a, b)]
@@ -506,10 +544,10 @@ def _bitwise(old: dict, history: list[dict], result: dict, recorded: Results, sp
 
 def _statistical(old: dict, history: list[dict], result: dict, recorded: Results, spread) -> list[dict]:
     """The final and best test accuracy within the configuration's recorded seeds, widened (module docstring)."""
-    config = (old["loss"], old["noise"], old["rate"])
+    config = _config(old)
     rows = [_structure(old, history, result, "statistical")]
     for metric in _CHECKED:
-        seeds = recorded.values(metric, loss=config[0], noise=config[1], rate=config[2])
+        seeds = [r[metric] for r in recorded.runs if _config(r) == config]
         finite = [v for v in seeds if not math.isnan(v)]
         per_config, book = spread[metric]
         margin = max(4 * max(per_config.get(config, 0.0), book), 0.01)
@@ -544,8 +582,14 @@ def _spread(results: Results, metric: str) -> dict[tuple, float]:
     groups: dict[tuple, list[float]] = {}
     for r in results.runs:
         if not math.isnan(r[metric]):
-            groups.setdefault((r["loss"], r["noise"], r["rate"]), []).append(r[metric])
+            groups.setdefault(_config(r), []).append(r[metric])
     return {k: float(np.std(v, ddof=1)) for k, v in groups.items() if len(v) > 1}
+
+
+def _config(row: dict) -> tuple:
+    """A run's configuration: everything but its seed (the learning rate only where runs set one)."""
+    lr = row.get("lr", math.nan)
+    return row["loss"], row["noise"], row["rate"], None if isinstance(lr, float) and math.isnan(lr) else lr
 
 
 def _book_spread(records: pathlib.Path, metric: str) -> float:

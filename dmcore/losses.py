@@ -30,8 +30,9 @@ The **forward value** is the emphasis-weighted cross-entropy ``sum_i c w(p_i) (-
 gradient applied is the manipulated one above, not the gradient of this value, and for DM and IMAE
 no elementary objective has that gradient. ``-log p`` is clipped at ``-log(tiny)`` of the compute dtype.
 
-**Closed-form losses** (:class:`CCELoss`, :class:`MAELoss`, :class:`MSELoss`, :class:`GCELoss`) are
-written from their definitions and differentiated by autograd. With its natural weight
+**Closed-form losses** (:class:`CCELoss`, :class:`MAELoss`, :class:`MSELoss`, :class:`GCELoss`, and the
+noise-robust baselines :class:`SCELoss`, :class:`NCERCELoss`, :class:`Poly1Loss`) are written from their
+definitions and differentiated by autograd. With its natural weight
 (``edf.cce()``, ...) and ``normalizer='count'`` the EDF path reproduces their gradients exactly,
 and with ``normalizer='batch'`` it gives the papers' "-DN" variants.
 
@@ -80,8 +81,9 @@ from . import edf as edfs
 from . import kernels
 from .edf import EDF
 
-__all__ = ["edf_loss", "dm_loss", "imae_loss", "cce_loss", "mae_loss", "mse_loss", "gce_loss",
-           "EDFLoss", "DMLoss", "IMAELoss", "CCELoss", "MAELoss", "MSELoss", "GCELoss"]
+__all__ = ["edf_loss", "dm_loss", "imae_loss", "cce_loss", "mae_loss", "mse_loss", "gce_loss", "sce_loss",
+           "nce_rce_loss", "poly1_loss", "EDFLoss", "DMLoss", "IMAELoss", "CCELoss", "MAELoss", "MSELoss",
+           "GCELoss", "SCELoss", "NCERCELoss", "Poly1Loss"]
 
 REDUCTIONS = ("mean", "sum", "none")
 NORMALIZERS = ("batch", "count")
@@ -348,27 +350,31 @@ def imae_loss(input, target, T: float = 8, eps: float = PAPER_EPS, **kwargs):
 # Closed-form losses, differentiated by autograd: the EDF path's independent check
 # ----------------------------------------------------------------------------------------------
 
-def _log_p(input, target, ignore_index):
-    """log p_y per element (autograd), zero where not counted, and the counted mask."""
+def _log_p(input, target, ignore_index, full=False):
+    """log p_y per element (autograd), zero where not counted, the safe targets and the counted mask;
+    with ``full``, also the log-probabilities of every class ``(N, C, ...)``."""
     num_classes = input.shape[1]
     safe, counted, out_of_range = _targets(target, num_classes, ignore_index)
-    log_p = torch.log_softmax(input.float() if input.dtype in (torch.float16, torch.bfloat16) else input, dim=1)
-    log_p = log_p.gather(1, safe.unsqueeze(1)).squeeze(1)
+    log_probs = torch.log_softmax(input.float() if input.dtype in (torch.float16, torch.bfloat16) else input, dim=1)
+    log_p = log_probs.gather(1, safe.unsqueeze(1)).squeeze(1)
     nonfinite = counted & torch.isnan(log_p)
     flags = torch.stack([out_of_range.any(), nonfinite.any()]).tolist()  # the one synchronisation
     if any(flags):
         _raise_for(out_of_range, target, num_classes, ignore_index, nonfinite)
-    return torch.where(counted, log_p, 0.0), safe, counted
+    log_p = torch.where(counted, log_p, 0.0)
+    return (log_p, safe, counted, log_probs) if full else (log_p, safe, counted)
 
 
-def _closed_form(per_element):
-    """A functional closed-form loss from ``per_element(log_p) -> loss`` (one definition each)."""
+def _closed_form(per_element, full=False):
+    """A functional closed-form loss from ``per_element(log_p) -> loss`` (one definition each);
+    ``full``: ``per_element(log_p, log_probs)``, for a loss that reads every class's probability."""
 
     def loss(input, target, weight=None, ignore_index: int = -100, reduction: str = "mean", **params):
         _check_call(input, target, weight, reduction)
-        log_p, safe, counted = _log_p(input, target, ignore_index)
+        log_p, safe, counted, *rest = _log_p(input, target, ignore_index, full=full)
         c = _class_weights(weight, safe, counted, log_p.dtype)
-        return _reduce(c * per_element(log_p, **params), c, reduction).to(input.dtype)
+        values = torch.where(counted, per_element(log_p, *rest, **params), 0.0)
+        return _reduce(c * values, c, reduction).to(input.dtype)
 
     return loss
 
@@ -380,11 +386,47 @@ mae_loss.__doc__ = "Mean absolute error in the DM paper's scaling, ``1 - p`` (th
 mse_loss = _closed_form(lambda log_p: (1 - log_p.exp()) ** 2)
 mse_loss.__doc__ = "Mean squared error in the DM paper's form, ``(1 - p)^2``."
 _gce = _closed_form(lambda log_p, q: (1 - torch.exp(q * log_p)) / q)
+#: The reverse cross-entropy's log of zero, ``A`` in Wang et al. (ICCV 2019): RCE = -A (1 - p).
+RCE_A = -4.0
+_sce = _closed_form(lambda log_p, alpha, beta: alpha * -log_p + beta * -RCE_A * (1 - log_p.exp()))
+_poly1 = _closed_form(lambda log_p, epsilon: -log_p + epsilon * (1 - log_p.exp()))
+_nce_rce = _closed_form(lambda log_p, log_probs, alpha, beta:
+                        alpha * log_p / log_probs.sum(1) + beta * -RCE_A * (1 - log_p.exp()), full=True)
 
 
 def gce_loss(input, target, q: float = 0.7, **kwargs):
     """Generalised cross-entropy (Zhang & Sabuncu 2018), ``(1 - p^q) / q`` with ``0 < q <= 1``."""
     return _gce(input, target, q=edfs.check_parameter("q", q, 0, 1, low_open=True), **kwargs)
+
+
+def _alpha_beta(alpha, beta):
+    alpha, beta = edfs.check_parameter("alpha", alpha, 0), edfs.check_parameter("beta", beta, 0)
+    if alpha == 0 and beta == 0:
+        raise ValueError("alpha and beta must not both be 0: the loss would be constant")
+    return alpha, beta
+
+
+def sce_loss(input, target, alpha: float = 0.1, beta: float = 1.0, **kwargs):
+    """Symmetric cross-entropy (Wang et al., ICCV 2019), ``alpha (-log p) + beta RCE`` with the reverse
+    cross-entropy ``RCE = -sum_k p_k log e_{y,k} = -A (1 - p)``, ``A = -4``. Its weight is
+    ``2(1 - p)(alpha + 4 beta p)`` (:func:`dmcore.edf.sce`). Defaults: the paper's CIFAR-10 setting."""
+    alpha, beta = _alpha_beta(alpha, beta)
+    return _sce(input, target, alpha=alpha, beta=beta, **kwargs)
+
+
+def poly1_loss(input, target, epsilon: float = 1.0, **kwargs):
+    """Poly-1 (Leng et al., ICLR 2022), ``-log p + epsilon (1 - p)`` with ``epsilon >= -1``; its weight is
+    ``2(1 - p)(1 + epsilon p)`` (:func:`dmcore.edf.poly1`)."""
+    return _poly1(input, target, epsilon=edfs.check_parameter("epsilon", epsilon, -1), **kwargs)
+
+
+def nce_rce_loss(input, target, alpha: float = 1.0, beta: float = 1.0, **kwargs):
+    """The active-passive loss NCE+RCE (Ma et al., ICML 2020): ``alpha NCE + beta RCE`` with the normalised
+    cross-entropy ``NCE = log p_y / sum_k log p_k`` and RCE as in :func:`sce_loss`. NCE reads every
+    class's probability, so its gradient is not a weighting of the CCE direction and it has no
+    weight ``w(p)`` (:func:`dmcore.symbolic.derive` refuses it). Defaults: the paper's CIFAR-10 setting."""
+    alpha, beta = _alpha_beta(alpha, beta)
+    return _nce_rce(input, target, alpha=alpha, beta=beta, **kwargs)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -469,3 +511,36 @@ class GCELoss(_Loss):
 
     def forward(self, input, target):
         return gce_loss(input, target, q=self.q, **self._common())
+
+
+class SCELoss(_Loss):
+    """Symmetric cross-entropy ``alpha (-log p) + beta RCE``, :func:`sce_loss`."""
+
+    def __init__(self, alpha: float = 0.1, beta: float = 1.0, **kwargs):
+        super().__init__(**kwargs)
+        self.alpha, self.beta = _alpha_beta(alpha, beta)
+
+    def forward(self, input, target):
+        return sce_loss(input, target, alpha=self.alpha, beta=self.beta, **self._common())
+
+
+class NCERCELoss(_Loss):
+    """The active-passive loss ``alpha NCE + beta RCE``, :func:`nce_rce_loss`."""
+
+    def __init__(self, alpha: float = 1.0, beta: float = 1.0, **kwargs):
+        super().__init__(**kwargs)
+        self.alpha, self.beta = _alpha_beta(alpha, beta)
+
+    def forward(self, input, target):
+        return nce_rce_loss(input, target, alpha=self.alpha, beta=self.beta, **self._common())
+
+
+class Poly1Loss(_Loss):
+    """Poly-1 ``-log p + epsilon (1 - p)``, :func:`poly1_loss`."""
+
+    def __init__(self, epsilon: float = 1.0, **kwargs):
+        super().__init__(**kwargs)
+        self.epsilon = edfs.check_parameter("epsilon", epsilon, -1)
+
+    def forward(self, input, target):
+        return poly1_loss(input, target, epsilon=self.epsilon, **self._common())

@@ -20,6 +20,7 @@ with 16, 32, 64 channels and identity shortcuts padded with zeros ("option A"), 
 from __future__ import annotations
 
 import ctypes
+import re
 
 import torch
 import torch.nn as nn
@@ -299,13 +300,16 @@ def resnet56(num_classes: int = 10) -> CifarResNet:
 
 
 def build(name: str, num_classes: int, in_features: int | None = None) -> nn.Module:
-    """A model by name: ``mnist1d_cnn``, ``mlp`` (needs ``in_features``), ``resnet20``, ``resnet44``, ``resnet56``."""
-    if name == "mnist1d_cnn":
-        return MNIST1DCNN(num_classes)
+    """A model by name: ``mnist1d_cnn`` (25 channels), ``mnist1d_cnn_w48`` (48 channels, or any other
+    width after ``_w``), ``mlp`` (needs ``in_features``), ``resnet20``, ``resnet44``, ``resnet56``."""
+    width = re.fullmatch(r"mnist1d_cnn(?:_w([1-9][0-9]*))?", name)
+    if width:
+        return MNIST1DCNN(num_classes, channels=int(width.group(1) or 25))
     if name == "mlp":
         if in_features is None:
             raise ValueError("the MLP needs in_features")
         return MLP(in_features, num_classes)
     if name in ("resnet20", "resnet44", "resnet56"):
         return CifarResNet(int(name[6:]), num_classes)
-    raise ValueError(f"unknown model {name!r}; expected mnist1d_cnn, mlp, resnet20, resnet44 or resnet56")
+    raise ValueError(f"unknown model {name!r}; expected mnist1d_cnn, mnist1d_cnn_w<channels>, mlp, resnet20, "
+                     "resnet44 or resnet56")

@@ -37,23 +37,28 @@ from . import data, train
 
 __all__ = ["grid", "run_sweep", "load_dataset", "read_results", "summarise"]
 
-RUN_COLUMNS = ["run_id", "dataset", "model", "loss", "noise", "rate", "seed", "realised_rate", "diverged_step",
+RUN_COLUMNS = ["run_id", "dataset", "model", "loss", "noise", "rate", "lr", "seed", "realised_rate", "diverged_step",
                "best_test_acc", "final_test_acc", "fit_clean", "fit_noisy", "noisy_to_true", "p_clean", "p_noisy",
-               "weight_mean", "weight_var", "logit_range", "val_acc", "val_acc_noisy", "final_class_acc"]
+               "weight_mean", "weight_var", "logit_range", "val_acc", "val_acc_noisy", "test_ece", "final_class_acc"]
 HISTORY_FILE = "history.csv.gz"
 HISTORY_COLUMNS = ["run_id", "step", "test_acc", "fit_clean", "fit_noisy", "noisy_to_true", "p_clean", "p_noisy",
-                   "weight_mean", "weight_var", "logit_range", "val_acc", "val_acc_noisy"]
+                   "weight_mean", "weight_var", "logit_range", "val_acc", "val_acc_noisy", "test_ece"]
 
 
 def load_dataset(name: str) -> data.Dataset:
-    """``mnist1d`` or ``digits``, optionally long-tailed (``-lt10``: ratio 10) and with a validation split
-    held out of the training split (``-val0.2``: 20%), in that order: ``mnist1d-lt10-val0.2``."""
-    match = re.fullmatch(r"(mnist1d|digits)(?:-lt([0-9.]+))?(?:-val([0-9.]+))?", name)
-    if not match:
-        raise ValueError(f"unknown dataset {name!r}: expected mnist1d or digits, e.g. mnist1d, mnist1d-lt10, "
-                         "digits-val0.2")
-    base, ratio, fraction = match.groups()
-    dataset = data.mnist1d() if base == "mnist1d" else data.digits()
+    """``mnist1d`` (4000 training sequences), ``mnist1d-40k`` (40,000 freshly generated training sequences,
+    the same test set: :func:`dmcore.data.mnist1d_large`) or ``digits``, optionally long-tailed (``-lt10``:
+    ratio 10) and with a validation split held out of the training split (``-val0.2``: 20%), in that
+    order: ``mnist1d-lt10-val0.2``."""
+    match = re.fullmatch(r"(mnist1d|digits)(?:-([1-9][0-9]*)k)?(?:-lt([0-9.]+))?(?:-val([0-9.]+))?", name)
+    if not match or (match.group(2) and match.group(1) != "mnist1d"):
+        raise ValueError(f"unknown dataset {name!r}: expected mnist1d, mnist1d-40k or digits, e.g. mnist1d, "
+                         "mnist1d-lt10, digits-val0.2")
+    base, thousands, ratio, fraction = match.groups()
+    if base == "digits":
+        dataset = data.digits()
+    else:
+        dataset = data.mnist1d_large(1000 * int(thousands)) if thousands else data.mnist1d()
     if ratio:
         dataset = data.long_tailed(dataset, float(ratio))
     return data.with_validation(dataset, float(fraction)) if fraction else dataset

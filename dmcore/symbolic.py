@@ -43,7 +43,7 @@ from typing import Callable, Sequence
 import sympy as sp
 
 __all__ = [
-    "p", "q", "T", "lam", "beta", "psi", "alpha", "eta",
+    "p", "q", "T", "lam", "beta", "psi", "alpha", "eta", "epsilon", "RCE_A",
     "LOSSES", "EDFS", "Derivation", "derive", "derivative_magnitude", "gradient_scale",
     "loss_of_p", "edf_expression", "emphasis_mode", "variance_uniform", "readable",
 ]
@@ -61,6 +61,10 @@ beta = sp.Symbol("beta", positive=True)
 psi = sp.Symbol("psi", positive=True)
 alpha = sp.Symbol("alpha", positive=True)
 eta = sp.Symbol("eta", positive=True)
+#: Poly-1's coefficient (Leng et al., ICLR 2022): L = -log p + epsilon (1 - p); it may be negative.
+epsilon = sp.Symbol("epsilon", real=True)
+#: The reverse cross-entropy's log of zero (Wang et al., ICCV 2019, section 4: A = -4).
+RCE_A = sp.Integer(-4)
 
 
 def _one_hot(j: int, y: int) -> int:
@@ -79,6 +83,14 @@ LOSSES: dict[str, Callable[[Sequence[sp.Expr], int], sp.Expr]] = {
     "mse": lambda P, y: (1 - P[y]) ** 2,
     # generalised cross-entropy: (1 - p_y^q) / q
     "gce": lambda P, y: (1 - P[y] ** q) / q,
+    # symmetric cross-entropy (Wang et al., ICCV 2019): alpha CCE + beta RCE, where the reverse
+    # cross-entropy -sum_k p_k log e_{y,k} takes log 0 = A
+    "sce": lambda P, y: alpha * -sp.log(P[y]) + beta * -sum(P[k] * (0 if k == y else RCE_A) for k in range(len(P))),
+    # Poly-1 (Leng et al., ICLR 2022): the cross-entropy plus epsilon times its first polynomial term
+    "poly1": lambda P, y: -sp.log(P[y]) + epsilon * (1 - P[y]),
+    # normalised cross-entropy (Ma et al., ICML 2020): -log p_y over -sum_k log p_k. It depends on
+    # every class's probability, so derive() refuses it: it is no weighting of the CCE direction.
+    "nce": lambda P, y: sp.log(P[y]) / sum(sp.log(P[k]) for k in range(len(P))),
 }
 
 #: Emphasis density functions that are defined directly as weights (no loss behind them):

@@ -37,7 +37,7 @@ from __future__ import annotations
 import copy
 import ctypes
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 import torch
 import torch.nn.functional as F
@@ -47,7 +47,7 @@ from . import edf as edfs
 from . import losses, models, noise
 from .data import Dataset
 
-__all__ = ["Protocol", "Run", "LossSpec", "parse_loss", "noisy_labels", "train_runs"]
+__all__ = ["Protocol", "Run", "LossSpec", "parse_loss", "noisy_labels", "train_runs", "expected_calibration_error"]
 
 
 @dataclass(frozen=True)
@@ -82,16 +82,23 @@ class Protocol:
 
 @dataclass(frozen=True)
 class Run:
-    """One configuration: a loss (see :func:`parse_loss`), a noise scheme and rate, and a seed."""
+    """One configuration: a loss (see :func:`parse_loss`), a noise scheme and rate, a seed, and
+    optionally a learning rate of its own (``None``: the protocol's)."""
 
     loss: str
     noise: str = "symmetric"
     rate: float = 0.0
     seed: int = 0
+    lr: float | None = None
 
     @property
     def run_id(self) -> str:
-        return f"{self.loss}|{self.noise}:{self.rate:g}|seed={self.seed}"
+        lr = "" if self.lr is None else f"|lr={self.lr:g}"
+        return f"{self.loss}|{self.noise}:{self.rate:g}{lr}|seed={self.seed}"
+
+    def fields(self) -> dict:
+        """The configuration as a dict; ``lr`` only where the run sets one."""
+        return {k: v for k, v in asdict(self).items() if not (k == "lr" and v is None)}
 
 
 @dataclass(frozen=True)
@@ -99,24 +106,37 @@ class LossSpec:
     """A parsed loss: its name, its per-element function, and the EDF whose weights it applies."""
 
     name: str
-    weight: edfs.EDF
+    weight: edfs.EDF | None           # None: no weight w(p) (nce+rce reads the whole softmax)
     edf_path: bool                    # True: EDF loss normalised by the batch sum of weights
     closed: object = field(default=None, compare=False)
     eps: float = 0.0                  # the EDF path's 2 - 2p + eps (dmcore.losses)
 
 
-_DEFAULTS = {"gce": {"q": 0.7}, "imae": {"T": 8.0, "eps": losses.PAPER_EPS},
-             "dm": {"lam": 0.5, "beta": 8.0, "eps": losses.PAPER_EPS}}
+_DEFAULTS = {"gce": {"q": 0.7}, "sce": {"alpha": 0.1, "beta": 1.0}, "nce+rce": {"alpha": 1.0, "beta": 1.0},
+             "poly1": {"epsilon": 1.0}, "imae": {"T": 8.0, "eps": losses.PAPER_EPS},
+             "dm": {"lam": 0.5, "beta": 8.0, "eps": losses.PAPER_EPS},
+             "normal": {"psi": 0.5, "beta": 8.0, "eps": losses.PAPER_EPS},
+             "exponential": {"beta": 1.0, "eps": losses.PAPER_EPS},
+             "beta": {"alpha": 2.0, "eta": 2.0, "eps": losses.PAPER_EPS}}
+_NATURAL = ("cce", "mae", "mse", "gce")               # closed-form losses that also take -dn
+_EDF_ONLY = ("imae", "dm", "normal", "exponential", "beta")
+_CLOSED = {"cce": losses.cce_loss, "mae": losses.mae_loss, "mse": losses.mse_loss, "gce": losses.gce_loss,
+           "sce": losses.sce_loss, "nce+rce": losses.nce_rce_loss, "poly1": losses.poly1_loss}
+_WEIGHTS = {"beta": edfs.beta_density}                # EDF constructors whose name differs from the loss's
 
 
 def parse_loss(text: str) -> LossSpec:
-    """``cce``, ``mae``, ``mse``, ``gce[:q=...]``, ``imae[:T=...,eps=...]``, ``dm[:lam=...,beta=...,eps=...]``, or a
-    natural weight with derivative normalisation: ``cce-dn``, ``mae-dn``, ``mse-dn``, ``gce-dn``."""
+    """A loss by name, parameters after a colon: ``cce``, ``mae``, ``mse``, ``gce[:q=...]``,
+    ``sce[:alpha=...,beta=...]``, ``nce+rce[:alpha=...,beta=...]``, ``poly1[:epsilon=...]``; the EDF
+    losses ``imae[:T=...]``, ``dm[:lam=...,beta=...]``, ``normal[:psi=...,beta=...]``,
+    ``exponential[:beta=...]``, ``beta[:alpha=...,eta=...]`` (the beta-density EDF), each with ``eps``;
+    or a natural weight with derivative normalisation: ``cce-dn``, ``mae-dn``, ``mse-dn``, ``gce-dn``."""
     name, _, args = text.strip().partition(":")
     dn = name.endswith("-dn")
     base = name[:-3] if dn else name
-    if base not in ("cce", "mae", "mse", "gce", "imae", "dm") or (dn and base in ("imae", "dm")):
-        raise ValueError(f"unknown loss {text!r}: expected cce, mae, mse, gce, imae, dm, or cce-dn, mae-dn, mse-dn, gce-dn")
+    if (base not in _CLOSED and base not in _EDF_ONLY) or (dn and base not in _NATURAL):
+        raise ValueError(f"unknown loss {text!r}: expected one of {', '.join(list(_CLOSED) + list(_EDF_ONLY))}, "
+                         f"or {', '.join(n + '-dn' for n in _NATURAL)}")
     params = dict(_DEFAULTS.get(base, {}))
     for item in filter(None, args.split(",")):
         key, _, value = item.partition("=")
@@ -129,12 +149,11 @@ def parse_loss(text: str) -> LossSpec:
     eps = params.pop("eps", 0.0)
     if eps < 0:
         raise ValueError(f"loss parameter eps must be >= 0, got {eps:g}")
-    weight = getattr(edfs, base)(**params)
-    if base in ("imae", "dm") or dn:
+    weight = None if base == "nce+rce" else _WEIGHTS.get(base, getattr(edfs, base))(**params)
+    if base in _EDF_ONLY or dn:
         return LossSpec(text, weight, True, eps=eps)
-    closed = {"cce": losses.cce_loss, "mae": losses.mae_loss, "mse": losses.mse_loss,
-              "gce": lambda x, t, **kw: losses.gce_loss(x, t, q=params["q"], **kw)}[base]
-    return LossSpec(text, weight, False, closed)
+    closed = _CLOSED[base]
+    return LossSpec(text, weight, False, lambda x, t, **kw: closed(x, t, **params, **kw) if params else closed(x, t, **kw))
 
 
 def noisy_labels(labels: torch.Tensor, scheme: str, rate: float, num_classes: int, seed: int) -> noise.NoisyLabels:
@@ -196,7 +215,7 @@ def _metrics(specs, logits_train, logits_test, observed, clean, noisy_mask, y_te
         pred = prob.argmax(1)
         fit = pred == observed[r]
         m = noisy_mask[r]
-        w = spec.weight(p_obs.double())
+        w = spec.weight(p_obs.double()) if spec.weight is not None else torch.full((1,), nan, dtype=torch.float64)
         extremes = logits_train[r].float().aminmax(dim=1)
         val_pred = None if logits_val is None else logits_val[r].argmax(1)
         out.append({
@@ -211,8 +230,21 @@ def _metrics(specs, logits_train, logits_test, observed, clean, noisy_mask, y_te
             "logit_range": (extremes.max - extremes.min).mean().item(),
             "val_acc": nan if val_pred is None else (val_pred == y_val).float().mean().item(),
             "val_acc_noisy": nan if val_pred is None else (val_pred == val_observed[r]).float().mean().item(),
+            "test_ece": expected_calibration_error(logits_test[r], y_test),
         })
     return out
+
+
+def expected_calibration_error(logits: torch.Tensor, labels: torch.Tensor, bins: int = 15) -> float:
+    """Expected calibration error (Guo et al., ICML 2017) of ``logits (N, C)`` against ``labels (N)``:
+    the examples are binned by confidence (the largest softmax probability) into ``bins`` equal-width
+    bins of (0, 1], and ``ECE = sum_b |B_b| / N * |accuracy(B_b) - mean confidence(B_b)|``."""
+    prob = logits.double().softmax(1)
+    confidence, pred = prob.max(1)
+    hits = (pred == labels).double()
+    which = (confidence * bins).ceil().clamp(1, bins).long() - 1
+    gap = torch.bincount(which, hits - confidence, minlength=bins)
+    return float(gap.abs().sum() / len(labels)) if len(labels) else float("nan")
 
 
 def _keep_freed_memory() -> None:
@@ -240,6 +272,17 @@ def train_runs(model: str, dataset: Dataset, runs: list[Run], protocol: Protocol
     """
     if not runs:
         return []
+    rates = sorted({protocol.lr if r.lr is None else r.lr for r in runs})
+    if len(rates) > 1:   # the stacked optimiser has one learning rate: train each rate's runs apart
+        done = {}
+        for i, lr in enumerate(rates):
+            part = [r for r in runs if (protocol.lr if r.lr is None else r.lr) == lr]
+            report = None if progress is None else \
+                (lambda step, i=i: progress((i * protocol.steps + step) // len(rates)))
+            for result in train_runs(model, dataset, part, protocol, device, dtype, report):
+                done[result["run_id"]] = result
+        return [done[r.run_id] for r in runs]
+    protocol = replace(protocol, lr=rates[0])
     if torch.device(device).type == "cpu":
         _keep_freed_memory()
     specs = [parse_loss(r.loss) for r in runs]
@@ -323,7 +366,7 @@ def train_runs(model: str, dataset: Dataset, runs: list[Run], protocol: Protocol
         class_acc = [hits[y_test == c].mean().item() if diverged[r] is None and bool((y_test == c).any()) else math.nan
                      for c in range(dataset.num_classes)]
         measured = [h["test_acc"] for h in history if not math.isnan(h["test_acc"])]
-        results.append({**asdict(run), "run_id": run.run_id, "model": model, "dataset": dataset.name,
+        results.append({**run.fields(), "run_id": run.run_id, "model": model, "dataset": dataset.name,
                         "realised_rate": noisy[r].rate, "history": history, "diverged_step": diverged[r],
                         "best_test_acc": max(measured) if measured else math.nan,
                         "final_test_acc": history[-1]["test_acc"], "final_class_acc": class_acc})
