@@ -95,3 +95,16 @@ def test_cifar_errors_name_the_problem(tmp_path):
         data.cifar(tmp_path, "cifar10")
     with pytest.raises(ValueError, match="'cifar10' or 'cifar100'"):
         data.cifar(tmp_path, "svhn")
+
+
+def test_mnist1d_large_has_fresh_training_sequences_and_the_canonical_test_set():
+    canonical = data.mnist1d()
+    large = data.mnist1d_large(2000, seed=3)
+    assert large.name == "mnist1d-2k" and large.x_train.shape == (2000, 40)
+    assert torch.equal(large.x_test, canonical.x_test) and torch.equal(large.y_test, canonical.y_test)
+    assert torch.bincount(large.y_train, minlength=10).min() >= 190
+    # fresh sequences: none equals a canonical training or test sequence
+    both = torch.cat([canonical.x_train, canonical.x_test])
+    assert torch.cdist(large.x_train[:500], both).min() > 1e-3
+    with pytest.raises(ValueError, match="seed 42 generates the canonical dataset"):
+        data.mnist1d_large(2000, seed=42)

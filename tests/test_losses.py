@@ -517,3 +517,92 @@ def test_kernel_build_failure_falls_back(monkeypatch, tmp_path):
     monkeypatch.setenv("DMCORE_CACHE", str(tmp_path))
     monkeypatch.setattr(kernels, "_loaded", {})
     assert kernels.cpu() is None
+
+
+# ---------------------------------------------------------------- the noise-robust baselines: SCE, NCE+RCE, Poly-1
+
+def _baseline_reference(logits, target, name, weight=None, reduction="mean", **params):
+    """Per-element values from the papers' formulas, with plain loops over the elements."""
+    x = logits.detach().double().movedim(1, -1).reshape(-1, logits.shape[1]).tolist()
+    values, cs = [], []
+    for row, y in zip(x, target.reshape(-1).tolist()):
+        if y == -100:
+            values.append(0.0)
+            cs.append(0.0)
+            continue
+        m = max(row)
+        log_probs = [v - m - math.log(sum(math.exp(u - m) for u in row)) for v in row]
+        p = math.exp(log_probs[y])
+        rce = -sum(math.exp(lp) * (0.0 if k == y else -4.0) for k, lp in enumerate(log_probs))   # log 0 := A = -4
+        if name == "sce":
+            value = params["alpha"] * -log_probs[y] + params["beta"] * rce
+        elif name == "nce+rce":
+            value = params["alpha"] * log_probs[y] / sum(log_probs) + params["beta"] * rce
+        else:
+            value = -log_probs[y] + params["epsilon"] * (1 - p)
+        c = 1.0 if weight is None else float(weight[y])
+        values.append(c * value)
+        cs.append(c)
+    out = torch.tensor(values, dtype=torch.float64).reshape(target.shape)
+    if reduction == "none":
+        return out
+    return out.sum() / (sum(cs) if reduction == "mean" else 1.0)
+
+
+BASELINES = {"sce": (losses.sce_loss, losses.SCELoss, {"alpha": 0.3, "beta": 1.5}),
+             "nce+rce": (losses.nce_rce_loss, losses.NCERCELoss, {"alpha": 2.0, "beta": 0.5}),
+             "poly1": (losses.poly1_loss, losses.Poly1Loss, {"epsilon": 2.0})}
+
+
+@pytest.mark.parametrize("name", BASELINES)
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+@pytest.mark.parametrize("shape", [(12, 5), (3, 4, 2, 3)])
+def test_baselines_match_their_papers_formulas(name, reduction, shape):
+    function, module, params = BASELINES[name]
+    logits, target = make_batch(shape, seed=21)
+    class_weight = torch.linspace(0.3, 1.7, shape[1], dtype=torch.float64)
+    expected = _baseline_reference(logits, target, name, class_weight, reduction, **params)
+    torch.testing.assert_close(function(logits, target, weight=class_weight, reduction=reduction, **params), expected,
+                               rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(module(weight=class_weight, reduction=reduction, **params)(logits, target), expected,
+                               rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("name, weight", [("sce", edf.sce(0.3, 1.5)), ("poly1", edf.poly1(2.0)), ("poly1", edf.poly1(-1.0))])
+def test_sce_and_poly1_gradients_are_their_derived_weights_along_the_cce_direction(name, weight):
+    """The weighting view holds for SCE and Poly-1: autograd's gradient is w(p) times the unit CCE direction."""
+    function, _, params = BASELINES[name]
+    params = dict(params, **weight.params)
+    logits, target = make_batch((40, 7), seed=22, ignore_some=False)
+    (grad,) = torch.autograd.grad(function(logits, target, reduction="sum", **params), logits)
+    prob = logits.detach().softmax(1)
+    p = prob.gather(1, target[:, None]).squeeze(1)
+    direction = (prob - F.one_hot(target, 7)) / (2 * (1 - p))[:, None]
+    torch.testing.assert_close(grad, weight(p)[:, None] * direction, rtol=1e-10, atol=1e-13)
+
+
+def test_nce_gradient_is_not_a_weighting_of_the_cce_direction():
+    """Where the weighting view stops: two examples with the same p_y but different other probabilities
+    get NCE gradients of different lengths, and not along p - e_y."""
+    logits = torch.tensor([[2.0, 1.0, 1.0, 1.0], [2.0, 2.5, 0.2, -1.0]], dtype=torch.float64)
+    logits[1, 1:] += math.log(logits[0, 1:].exp().sum() / logits[1, 1:].exp().sum())   # the same p_y
+    logits.requires_grad_()
+    target = torch.tensor([0, 0])
+    (grad,) = torch.autograd.grad(losses.nce_rce_loss(logits, target, alpha=1.0, beta=1e-12, reduction="sum"), logits)
+    prob = logits.detach().softmax(1)
+    assert math.isclose(prob[0, 0].item(), prob[1, 0].item(), rel_tol=1e-12)
+    ratio = grad[1] / (prob[1] - torch.tensor([1.0, 0, 0, 0], dtype=torch.float64))
+    assert (ratio.max() - ratio.min()).item() > 1e-3                  # not parallel to p - e_y
+    assert abs(grad[0].abs().sum().item() - grad[1].abs().sum().item()) > 1e-3
+
+
+def test_baselines_bad_parameters_are_named():
+    logits, target = make_batch((4, 3))
+    with pytest.raises(ValueError, match="alpha and beta must not both be 0"):
+        losses.SCELoss(alpha=0, beta=0)
+    with pytest.raises(ValueError, match="beta must lie in"):
+        losses.nce_rce_loss(logits, target, beta=-1)
+    with pytest.raises(ValueError, match="epsilon must lie in"):
+        losses.Poly1Loss(epsilon=-2)
+    with pytest.raises(ValueError, match="NaN or \\+inf"):
+        losses.SCELoss()(torch.tensor([[0.0, math.nan], [1.0, 2.0]]), torch.tensor([0, 1]))

@@ -174,3 +174,10 @@ def test_cnn_without_layer_norm_takes_the_pytorch_path():
         solo = models.MNIST1DCNN(norm=False)
         solo.load_state_dict({k: v[r] for k, v in params.items()})
         torch.testing.assert_close(out[r], solo(x[r]))
+
+
+def test_the_cnn_width_is_part_of_its_name():
+    wide = models.build("mnist1d_cnn_w48", 10)
+    assert wide.convs[1].out_channels == 48 and models.build("mnist1d_cnn", 10).convs[1].out_channels == 25
+    with pytest.raises(ValueError, match="unknown model 'mnist1d_cnn_w0'"):
+        models.build("mnist1d_cnn_w0", 10)

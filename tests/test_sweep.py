@@ -104,6 +104,7 @@ def test_dataset_names():
     assert counts[9] == round(int(counts[0]) / 5) and lt.x_val is None
     both = sweep.load_dataset("digits-lt5-val0.2")
     assert len(both.y_train) + len(both.y_val) == len(lt.y_train)
-    for bad in ("cifar10", "digits-val", "digits-val0.2-lt5"):
+    assert sweep.load_dataset("mnist1d-2k-val0.5").name == "mnist1d-2k-val0.5"
+    for bad in ("cifar10", "digits-val", "digits-val0.2-lt5", "digits-40k", "mnist1d-0k"):
         with pytest.raises(ValueError, match="unknown dataset"):
             sweep.load_dataset(bad)

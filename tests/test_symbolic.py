@@ -11,10 +11,14 @@ import pytest
 import sympy as sp
 import torch
 
-from dmcore import symbolic
+from dmcore import edf, symbolic
 from dmcore.symbolic import beta, lam, p, q, T
 
 Q = 0.7  # the papers' GCE exponent
+SCE = (0.1, 1.0)    # SCE's alpha and beta (Wang et al.'s CIFAR-10 setting)
+EPSILON = 2.0       # Poly-1's coefficient
+#: The losses that are weightings of the CCE direction (NCE is not: derive() refuses it).
+WEIGHTED = sorted(name for name in symbolic.LOSSES if name != "nce")
 
 
 def torch_loss(name, logits, target):
@@ -32,15 +36,20 @@ def torch_loss(name, logits, target):
         return (1 - p_y) ** 2
     if name == "gce":
         return (1 - p_y**Q) / Q
+    if name == "sce":   # alpha CCE + beta RCE, with log 0 = A = -4 in the reverse cross-entropy
+        return SCE[0] * -torch.log(p_y) + SCE[1] * -(prob * (1 - one_hot) * -4.0).sum(dim=1)
+    if name == "poly1":
+        return -torch.log(p_y) + EPSILON * (1 - p_y)
     raise KeyError(name)
 
 
 def as_torch_function(expr):
-    """A derived expression in p (q fixed at the papers' 0.7) as a float64 torch function."""
-    return sp.lambdify(p, expr.subs(q, Q), modules="torch")
+    """A derived expression in p (q, SCE's alpha and beta and Poly-1's epsilon fixed) as a float64 torch function."""
+    fixed = {q: Q, symbolic.alpha: SCE[0], symbolic.beta: SCE[1], symbolic.epsilon: EPSILON}
+    return sp.lambdify(p, expr.subs(fixed), modules="torch")
 
 
-@pytest.mark.parametrize("name", sorted(symbolic.LOSSES))
+@pytest.mark.parametrize("name", WEIGHTED)
 @pytest.mark.parametrize("num_classes", [2, 3, 7, 10, 31, 100])
 def test_derived_weight_and_direction_match_autograd(name, num_classes):
     gen = torch.Generator().manual_seed(1000 * num_classes + len(name))
@@ -63,7 +72,7 @@ def test_derived_weight_and_direction_match_autograd(name, num_classes):
     torch.testing.assert_close(grad, scale[:, None] * (prob - one_hot), rtol=1e-10, atol=1e-12)
 
 
-@pytest.mark.parametrize("name", sorted(symbolic.LOSSES))
+@pytest.mark.parametrize("name", WEIGHTED)
 def test_weight_does_not_depend_on_the_number_of_classes(name):
     reference = symbolic.derivative_magnitude(name, 3)
     for num_classes in (2, 4):
@@ -138,3 +147,19 @@ def test_bad_arguments_are_named():
         symbolic.derive("cce", 1)
     with pytest.raises(ValueError, match="unknown emphasis density function"):
         symbolic.edf_expression("focal")
+
+
+def test_sce_and_poly1_weights_are_derived_and_nce_is_refused():
+    """SCE and Poly-1 depend on the logits through p_y only, so they are weightings of the CCE
+    direction; NCE divides by every class's log-probability, and the derivation says so."""
+    from dmcore.symbolic import alpha, beta, epsilon, p
+
+    assert sp.simplify(symbolic.derivative_magnitude("sce") - 2 * (1 - p) * (alpha + 4 * beta * p)) == 0
+    r = sp.Symbol("r", positive=True)          # p = 1 / (1 + r) is in (0, 1)
+    on_unit = symbolic.derivative_magnitude("poly1", 4).subs(p, 1 / (1 + r)) - (2 * (1 - p) * sp.Abs(1 + epsilon * p)).subs(p, 1 / (1 + r))
+    assert sp.simplify(on_unit) == 0
+    for value in (2, -1, sp.Rational(1, 2)):    # the EDFs resolve |1 + epsilon p| for epsilon >= -1
+        assert sp.simplify(edf.poly1(float(value)).sympy() - 2 * (1 - p) * (1 + value * p)) == 0
+    assert sp.simplify(symbolic.loss_of_p("poly1") - (-sp.log(p) + epsilon * (1 - p))) == 0
+    with pytest.raises(ValueError, match="does not point along p - e_y"):
+        symbolic.derive("nce")

@@ -146,3 +146,47 @@ def test_a_diverged_run_is_recorded_and_leaves_the_others_alone(digits, monkeypa
         for a, b in zip(together[r]["history"], alone[r]["history"]):
             for key, value in a.items():
                 assert (math.isnan(value) and math.isnan(b[key])) or math.isclose(value, b[key], rel_tol=1e-9, abs_tol=1e-12), key
+
+
+def test_new_loss_names():
+    assert train.parse_loss("sce").weight.params == {"alpha": 0.1, "beta": 1.0}
+    assert train.parse_loss("poly1:epsilon=2").weight.params == {"epsilon": 2.0}
+    spec = train.parse_loss("nce+rce:alpha=1,beta=100")
+    assert spec.weight is None and not spec.edf_path            # NCE reads the whole softmax: no w(p)
+    assert train.parse_loss("normal:psi=0.25,beta=8").edf_path and train.parse_loss("normal").eps == 1e-6
+    assert train.parse_loss("beta:alpha=4,eta=2").weight.params == {"alpha": 4.0, "eta": 2.0}
+    assert train.parse_loss("exponential:beta=-2").weight.params == {"beta": -2.0}
+    for bad, message in [("sce-dn", "unknown loss"), ("poly1:epsilon=-3", "epsilon must lie in"),
+                         ("sce:alpha=0,beta=0", "must not both be 0"), ("beta:alpha=0.5", "alpha must lie in")]:
+        with pytest.raises(ValueError, match=message):
+            train.parse_loss(bad)
+
+
+def test_runs_with_their_own_learning_rates_equal_runs_trained_apart(digits):
+    """Runs of several learning rates are trained in one call by rate: each equals its training alone
+    under a protocol with that rate, and a run without a rate takes the protocol's."""
+    runs = [train.Run("cce", "symmetric", 0.2, 0, lr=0.2), train.Run("sce", "symmetric", 0.2, 1),
+            train.Run("nce+rce", "symmetric", 0.2, 2, lr=0.01), train.Run("poly1", "symmetric", 0.2, 3, lr=0.2)]
+    assert runs[0].run_id == "cce|symmetric:0.2|lr=0.2|seed=0" and runs[1].run_id == "sce|symmetric:0.2|seed=1"
+    together = train.train_runs("mlp", digits, runs, SMALL, dtype=torch.float64)
+    assert [r["run_id"] for r in together] == [r.run_id for r in runs]
+    assert "lr" not in together[1] and together[0]["lr"] == 0.2
+    for run, batched in zip(runs, together):
+        protocol = SMALL if run.lr is None else train.Protocol(steps=30, batch_size=50, lr=run.lr, eval_every=10)
+        alone = train.train_runs("mlp", digits, [train.Run(run.loss, run.noise, run.rate, run.seed)], protocol,
+                                 dtype=torch.float64)[0]
+        assert batched["final_test_acc"] == alone["final_test_acc"]
+        for a, b in zip(batched["history"], alone["history"]):
+            for key, value in a.items():
+                assert (math.isnan(value) and math.isnan(b[key])) or math.isclose(value, b[key], rel_tol=1e-9, abs_tol=1e-12), key
+
+
+def test_expected_calibration_error_by_hand():
+    # confidences 0.9, 0.9 (one right) and 0.5 (right): bins (13/15, 14/15] and (7/15, 8/15]
+    logits = torch.log(torch.tensor([[0.9, 0.1], [0.9, 0.1], [0.5, 0.5]], dtype=torch.float64))
+    labels = torch.tensor([0, 1, 0])
+    expected = (2 / 3) * abs(0.5 - 0.9) + (1 / 3) * abs(1.0 - 0.5)
+    assert math.isclose(train.expected_calibration_error(logits, labels), expected, rel_tol=1e-12)
+    sure = torch.tensor([[50.0, 0.0], [0.0, 50.0]])
+    assert train.expected_calibration_error(sure, torch.tensor([0, 1])) < 1e-12
+    assert math.isclose(train.expected_calibration_error(sure, torch.tensor([1, 0])), 1.0, rel_tol=1e-12)
