@@ -32,7 +32,7 @@ from dataclasses import dataclass
 
 from . import experiments
 
-__all__ = ["Choice", "Paired", "configurations", "choose", "default", "oracle", "paired"]
+__all__ = ["Choice", "Paired", "configurations", "at", "choose", "default", "oracle", "paired"]
 
 DEFAULT_LR = 0.05
 
@@ -48,7 +48,7 @@ class Choice:
 
     family: str
     loss: str
-    lr: float
+    lr: float | None
     noise: str
     rate: float
     validation: float
@@ -60,7 +60,7 @@ class Choice:
     @property
     def setting(self) -> str:
         """The configuration as the book prints it: ``dm:lam=2,beta=8, lr 0.2``."""
-        return f"{self.loss}, lr {self.lr:g}"
+        return self.loss if self.lr is None else f"{self.loss}, lr {self.lr:g}"
 
 
 def configurations(family: str) -> list[tuple[str, float]]:
@@ -74,15 +74,22 @@ _METRICS = ("test_ece", "logit_range", "fit_clean", "fit_noisy", "p_noisy", "bes
 
 
 def _choice(results: experiments.Results, family: str, loss: str, lr: float, noise: str, rate: float) -> Choice:
-    rows = sorted(results.select(loss=loss, lr=lr, noise=noise, rate=rate), key=lambda r: r["seed"])
+    match = dict(loss=loss, noise=noise, rate=rate, **({} if lr is None else {"lr": lr}))
+    rows = sorted(results.select(**match), key=lambda r: r["seed"])
     if not rows:
-        raise ValueError(f"no runs of {loss} at lr {lr:g} under {noise} noise {rate:g} in {results.experiment.name}")
+        raise ValueError(f"no runs of {loss} at lr {lr} under {noise} noise {rate:g} in {results.experiment.name}")
     validation = [r["val_acc_noisy"] for r in rows]
     score = -math.inf if any(math.isnan(v) for v in validation) else sum(validation) / len(validation)
     values = tuple(r["final_test_acc"] for r in rows)
     metrics = {m: sum(r[m] for r in rows) / len(rows) for m in _METRICS if m in rows[0]}
     return Choice(family, loss, lr, noise, rate, score, experiments._stat(values), values,
                   tuple(r["seed"] for r in rows), metrics)
+
+
+def at(results: experiments.Results, loss: str, lr: float | None, noise: str, rate: float) -> Choice:
+    """One configuration, ``loss`` at learning rate ``lr``, whether chosen or not (e.g. CCE-DN beside
+    CCE at the same learning rate); ``lr=None`` for a record whose runs take the protocol's."""
+    return _choice(results, loss, loss, lr, noise, rate)
 
 
 def choose(results: experiments.Results, family: str, noise: str, rate: float) -> Choice:

@@ -48,7 +48,7 @@ def test_every_experiment_is_well_defined():
         assert e.name == name and len(set(ids)) == len(ids), name
         assert e.chapter in chapters, f"{name}: no chapter {e.chapter}"
         assert len(e.seeds) >= 2, f"{name}: the statistical rule needs a spread over seeds"
-        assert all(len([r for r in e.runs if (r.loss, r.noise, r.rate) == (x.loss, x.noise, x.rate)]) == len(e.seeds)
+        assert all(len([r for r in e.runs if (r.loss, r.noise, r.rate, r.lr) == (x.loss, x.noise, x.rate, x.lr)]) == len(e.seeds)
                    for x in e.runs), f"{name}: every configuration has every seed"
         for loss in e.losses:
             train.parse_loss(loss)

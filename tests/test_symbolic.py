@@ -110,7 +110,8 @@ def test_variance_matches_numerical_quadrature():
 
 
 def test_emphasis_modes_are_solved_symbolically():
-    mode = {name: symbolic.emphasis_mode(symbolic.derivative_magnitude(name)) for name in symbolic.LOSSES}
+    # the losses with one weight (SCE's and Poly-1's modes depend on their parameters: test_edf checks them)
+    mode = {name: symbolic.emphasis_mode(symbolic.derivative_magnitude(name)) for name in ("cce", "mae", "mae_imae", "mse", "gce")}
     assert mode == {"cce": 0, "mae": sp.Rational(1, 2), "mae_imae": sp.Rational(1, 2), "mse": sp.Rational(1, 3),
                     "gce": q / (q + 1)}
     assert symbolic.emphasis_mode(symbolic.edf_expression("imae")) == sp.Rational(1, 2)
