@@ -15,7 +15,8 @@ the fit of its clean and of its noisy training subsets to their observed labels;
 noisy examples predicted as their true class; the mean ``p`` of the observed label over clean and
 over noisy examples; the mean and variance of its loss's weights ``w(p)`` over the training set; the
 mean range of its logits (largest minus smallest, which softmax ignores, so only weight decay and
-normalisation hold it back); and, where the dataset has a validation split
+normalisation hold it back); the expected calibration error of its test predictions (15 bins,
+``test_ece``, :func:`expected_calibration_error`); and, where the dataset has a validation split
 (:func:`dmcore.data.with_validation`), the validation accuracy against the clean labels and against
 labels corrupted like the training labels (same scheme and rate, drawn from ``seed + 100003``), the
 only validation a practitioner with noisy data has. At the end it also gives each class's test
@@ -26,9 +27,11 @@ A run whose logits overflow (NaN or infinite) has diverged: it records the step
 accuracy (its best is the best before), while the runs trained with it go on unaffected.
 
 Losses are named as in the papers: ``cce``, ``mae`` (``1 - p``), ``mse`` (``(1 - p)^2``), ``gce``
-(``q = 0.7``), ``imae`` (``T = 8``), ``dm`` (``lam = 0.5, beta = 8``), with parameters after a
-colon (``dm:lam=1,beta=16``), and ``-dn`` for a loss's natural weight under derivative
-normalisation (``cce-dn``). ``imae`` and ``dm`` take the paper's code's ``eps = 1e-6`` unless
+(``q = 0.7``), ``imae`` (``T = 8``), ``dm`` (``lam = 0.5, beta = 8``), the baselines ``sce``,
+``nce+rce`` and ``poly1``, and DM's other EDFs ``normal``, ``exponential`` and ``beta``
+(:func:`parse_loss`), with parameters after a colon (``dm:lam=1,beta=16``), and ``-dn`` for a loss's
+natural weight under derivative normalisation (``cce-dn``). A run may carry a learning rate of its own
+(:class:`Run`); runs of different rates are trained in separate batches. ``imae`` and ``dm`` take the paper's code's ``eps = 1e-6`` unless
 given another (``dm:eps=0`` is the exact unit direction; see :mod:`dmcore.losses`).
 """
 
@@ -236,13 +239,16 @@ def _metrics(specs, logits_train, logits_test, observed, clean, noisy_mask, y_te
 def expected_calibration_error(logits: torch.Tensor, labels: torch.Tensor, bins: int = 15) -> float:
     """Expected calibration error (Guo et al., ICML 2017) of ``logits (N, C)`` against ``labels (N)``:
     the examples are binned by confidence (the largest softmax probability) into ``bins`` equal-width
-    bins of (0, 1], and ``ECE = sum_b |B_b| / N * |accuracy(B_b) - mean confidence(B_b)|``."""
+    bins of (0, 1], and ``ECE = sum_b |B_b| / N * |accuracy(B_b) - mean confidence(B_b)|``. NaN where a
+    logit is not finite (a run on its way to diverging)."""
+    if len(labels) == 0 or not bool(torch.isfinite(logits).all()):     # nothing to bin, or a diverging run
+        return float("nan")
     prob = logits.double().softmax(1)
     confidence, pred = prob.max(1)
     hits = (pred == labels).double()
     which = (confidence * bins).ceil().clamp(1, bins).long() - 1
     gap = torch.bincount(which, hits - confidence, minlength=bins)
-    return float(gap.abs().sum() / len(labels)) if len(labels) else float("nan")
+    return float(gap.abs().sum() / len(labels))
 
 
 def _keep_freed_memory() -> None:

@@ -266,6 +266,9 @@ def test_the_landing_page_counts_the_runs_the_experiments_define():
     intro = (ROOT / "book" / "intro.md").read_text()
     count = lambda *names: sum(len(experiments.get(n).runs) for n in names)
     assert f"noise ({count('label-noise')} runs)" in intro
+    assert f"tuned fairly ({count('label-noise-tuned')} runs)" in intro
+    assert f"({count('scale-4k', 'scale-40k')} runs)" in intro
+    assert f"trained ({count('edf-families')} runs)" in intro
     assert f"noise rates ({count('emphasis')} runs)" in intro
     assert f"({count('imbalance-lt10', 'imbalance-lt50')} runs, and " \
            f"{count('imbalance-lt10-no-decay', 'imbalance-lt50-no-decay')} of CCE without weight" in intro

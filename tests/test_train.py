@@ -190,3 +190,4 @@ def test_expected_calibration_error_by_hand():
     sure = torch.tensor([[50.0, 0.0], [0.0, 50.0]])
     assert train.expected_calibration_error(sure, torch.tensor([0, 1])) < 1e-12
     assert math.isclose(train.expected_calibration_error(sure, torch.tensor([1, 0])), 1.0, rel_tol=1e-12)
+    assert math.isnan(train.expected_calibration_error(torch.tensor([[math.inf, 0.0]]), torch.tensor([0])))
