@@ -28,6 +28,9 @@ COLORS = {
     "imae": "#D55E00",
     "dm": "#0072B2",
     "edf": "#CC79A7",
+    "sce": "#9467BD",
+    "nce+rce": "#8C564B",
+    "poly1": "#7F7F7F",
 }
 
 #: Display name of each weighting scheme.
@@ -39,6 +42,9 @@ LABELS = {
     "gce": "GCE",
     "imae": "IMAE",
     "dm": "DM",
+    "sce": "SCE",
+    "nce+rce": "NCE+RCE",
+    "poly1": "Poly-1",
 }
 
 _STYLE = {
