@@ -65,3 +65,18 @@ def test_paired_verdicts():
         tuning.paired(a, run("cce", [0.7, 0.7, 0.7]))
     with pytest.raises(ValueError, match="unknown loss family 'hinge'"):
         tuning.configurations("hinge")
+
+
+def test_every_loss_gets_the_same_budget():
+    """The fairness of the tuning record: the same learning rates and the same number of configurations
+    for every loss family, each configuration with every seed, at every noise setting."""
+    record = experiments.get("label-noise-tuned")
+    sizes = {family: len(tuning.configurations(family)) for family in experiments.TUNING}
+    assert set(sizes.values()) == {6}
+    settings = {(s, r) for s, rates in experiments.TUNING_NOISE for r in rates}
+    for family in experiments.TUNING:
+        for loss, lr in tuning.configurations(family):
+            for noise, rate in settings:
+                seeds = [r.seed for r in record.runs if (r.loss, r.lr, r.noise, r.rate) == (loss, lr, noise, rate)]
+                assert seeds == record.seeds == [0, 1, 2, 3, 4], (loss, lr, noise, rate)
+    assert len(record.runs) == len(experiments.TUNING) * 6 * len(settings) * 5
