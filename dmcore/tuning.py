@@ -73,23 +73,26 @@ def configurations(family: str) -> list[tuple[str, float]]:
 _METRICS = ("test_ece", "logit_range", "fit_clean", "fit_noisy", "p_noisy", "best_test_acc")
 
 
-def _choice(results: experiments.Results, family: str, loss: str, lr: float, noise: str, rate: float) -> Choice:
+def _choice(results: experiments.Results, family: str, loss: str, lr: float, noise: str, rate: float,
+            metric: str = "final_test_acc") -> Choice:
     match = dict(loss=loss, noise=noise, rate=rate, **({} if lr is None else {"lr": lr}))
     rows = sorted(results.select(**match), key=lambda r: r["seed"])
     if not rows:
         raise ValueError(f"no runs of {loss} at lr {lr} under {noise} noise {rate:g} in {results.experiment.name}")
     validation = [r["val_acc_noisy"] for r in rows]
     score = -math.inf if any(math.isnan(v) for v in validation) else sum(validation) / len(validation)
-    values = tuple(r["final_test_acc"] for r in rows)
+    values = tuple(r[metric] for r in rows)
     metrics = {m: sum(r[m] for r in rows) / len(rows) for m in _METRICS if m in rows[0]}
     return Choice(family, loss, lr, noise, rate, score, experiments._stat(values), values,
                   tuple(r["seed"] for r in rows), metrics)
 
 
-def at(results: experiments.Results, loss: str, lr: float | None, noise: str, rate: float) -> Choice:
+def at(results: experiments.Results, loss: str, lr: float | None, noise: str, rate: float,
+       metric: str = "final_test_acc") -> Choice:
     """One configuration, ``loss`` at learning rate ``lr``, whether chosen or not (e.g. CCE-DN beside
-    CCE at the same learning rate); ``lr=None`` for a record whose runs take the protocol's."""
-    return _choice(results, loss, loss, lr, noise, rate)
+    CCE at the same learning rate); ``lr=None`` for a record whose runs take the protocol's. Its
+    ``test`` and ``values`` are those of ``metric`` (the final test accuracy unless said otherwise)."""
+    return _choice(results, loss, loss, lr, noise, rate, metric)
 
 
 def choose(results: experiments.Results, family: str, noise: str, rate: float) -> Choice:
