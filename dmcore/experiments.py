@@ -101,9 +101,12 @@ class Experiment:
         return list(dict.fromkeys(r.loss for r in self.runs))
 
     def __repr__(self) -> str:
+        settings = len({(r.noise, r.rate) for r in self.runs})
+        rates = {r.lr for r in self.runs if r.lr is not None}
         return (f"Experiment({self.name}: {len(self.runs)} runs of {self.model} on {self.dataset}, "
-                f"{len(self.losses)} losses x {len(self.runs) // (len(self.losses) * len(self.seeds))} noise "
-                f"settings x {len(self.seeds)} seeds, {self.protocol.steps} steps)")
+                f"{len(self.losses)} losses x {settings} noise settings"
+                + (f" x {len(rates)} learning rates" if rates else "")
+                + f" x {len(self.seeds)} seeds, {self.protocol.steps} steps)")
 
 
 def _grid(losses, settings, seeds) -> tuple[train.Run, ...]:
