@@ -154,7 +154,7 @@ def parse_loss(text: str) -> LossSpec:
     if base in _EDF_ONLY or dn:
         return LossSpec(text, weight, True, eps=eps)
     closed = _CLOSED[base]
-    return LossSpec(text, weight, False, lambda x, t, **kw: closed(x, t, **params, **kw) if params else closed(x, t, **kw))
+    return LossSpec(text, weight, False, lambda x, t, **kw: closed(x, t, **params, **kw))
 
 
 def noisy_labels(labels: torch.Tensor, scheme: str, rate: float, num_classes: int, seed: int) -> noise.NoisyLabels:
