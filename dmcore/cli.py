@@ -3,6 +3,7 @@
     python -m dmcore bench [--device cpu|cuda] [--repeats 20] [--shapes 4096x1000,65536x10] [--threads N]
     python -m dmcore sweep --dataset mnist1d --losses cce,mae,gce,imae,dm \
         --noise symmetric:0,0.2,0.4,0.6,0.8 --seeds 3 --out DIR [--steps 6000] [--device cuda]
+    python -m dmcore sweep --dataset cifar10 --data-dir DIR --model resnet20 --device cuda --out DIR
     python -m dmcore experiments [NAME ...] [--list] [--out _build/records] [--no-install]
     python -m dmcore reproduce NAME [--sample K] [--mode auto|bitwise|statistical]
 """
@@ -10,6 +11,8 @@
 from __future__ import annotations
 
 import argparse
+import math
+import re
 import sys
 import time
 
@@ -26,12 +29,52 @@ def _shape(text: str) -> tuple[int, ...]:
     return shape
 
 
+def _whole(minimum: int):
+    """An argparse type: a whole number >= ``minimum``, else an error that says so."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a whole number >= {minimum}, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"expected a whole number >= {minimum}, got {value}")
+        return value
+    return parse
+
+
+_positive = _whole(1)
+
+
+def _rate(text: str) -> float:
+    """A learning rate: a finite number > 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number > 0, got {text!r}") from None
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a finite number > 0, got {text}")
+    return value
+
+
+def _device(text: str) -> str:
+    if not re.fullmatch(r"cpu|cuda(:[0-9]+)?", text):
+        raise argparse.ArgumentTypeError(f"expected cpu, cuda or cuda:K, got {text!r}")
+    return text
+
+
 def _setup(args) -> None:
     """The device must exist; the thread count is set when asked for."""
-    if args.device.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError("--device cuda, but no CUDA device is available")
+    if args.device.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise ValueError(f"--device {args.device}, but no CUDA device is available")
+        index = int(args.device.partition(":")[2] or 0)
+        if index >= torch.cuda.device_count():
+            raise ValueError(f"--device {args.device}, but there are {torch.cuda.device_count()} CUDA devices")
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.command != "bench" and args.device == "cpu":
+        from .train import keep_freed_memory
+        keep_freed_memory()   # this process only trains: keep freed memory for the next step
 
 
 def _bench(args) -> int:
@@ -64,23 +107,31 @@ def _losses(text: str) -> list[str]:
 
 
 def _noise(text: str) -> tuple[str, list[float]]:
+    from .noise import SCHEMES
+
     scheme, _, rates = text.partition(":")
     try:
         values = [float(r) for r in rates.split(",")]
     except ValueError:
-        raise argparse.ArgumentTypeError(f"--noise takes SCHEME:RATE,RATE,..., like symmetric:0,0.2; got {text!r}") from None
+        raise argparse.ArgumentTypeError(f"takes SCHEME:RATE,RATE,..., like symmetric:0,0.2; got {text!r}") from None
+    if scheme not in SCHEMES:
+        raise argparse.ArgumentTypeError(f"unknown noise scheme {scheme!r}: expected one of {', '.join(SCHEMES)}")
+    if any(not 0 <= v <= 1 for v in values):
+        raise argparse.ArgumentTypeError(f"noise rates lie in [0, 1], got {rates}")
     return scheme, values
 
 
 def _sweep(args) -> int:
-    from . import sweep, train
+    from . import models, sweep, train
 
     _setup(args)
     protocol = train.Protocol(steps=args.steps, batch_size=args.batch_size, lr=args.lr, eval_every=args.eval_every)
     for name in args.losses:
         train.parse_loss(name)  # fail before any training
+    models.build(args.model, 2, 1)  # an unknown model fails before any training too
     runs = sweep.grid(args.losses, args.noise, args.seeds)
-    rows = sweep.run_sweep(args.out, args.dataset, args.model, runs, protocol, args.device, args.chunk)
+    rows = sweep.run_sweep(args.out, args.dataset, args.model, runs, protocol, args.device, args.chunk or 0,
+                           data_dir=args.data_dir)
     print(f"{len(rows)} runs in {args.out}/runs.csv; per-step metrics in {args.out}/history.csv.gz")
     return 0
 
@@ -115,47 +166,41 @@ def _reproduce(args) -> int:
     return 0 if outcome.passed else 1
 
 
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {value}")
-    return value
-
-
 def main(argv=None) -> int:
     from .train import Protocol
 
     parser = argparse.ArgumentParser(prog="python -m dmcore", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
     b = commands.add_parser("bench", help="time and memory of the EDF losses against F.cross_entropy")
-    b.add_argument("--device", default="cpu", help="cpu (default) or cuda[:k]")
-    b.add_argument("--repeats", type=int, default=20, help="timed runs per loss and shape (the fastest is reported)")
+    b.add_argument("--device", type=_device, default="cpu", help="cpu (default) or cuda[:k]")
+    b.add_argument("--repeats", type=_positive, default=20, help="timed runs per loss and shape (the fastest is reported)")
     b.add_argument("--shapes", type=lambda s: [_shape(x) for x in s.split(",")], default=None,
                    help="comma-separated shapes like 4096x1000,8x21x128x128 (default: the CPU benchmark's)")
-    b.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's own)")
+    b.add_argument("--threads", type=_positive, default=None, help="torch threads (default: torch's own)")
     b.add_argument("--record", default=None, help="also write the results and this machine's description to this JSON file")
     b.set_defaults(run=_bench)
     s = commands.add_parser("sweep", help="train a grid of runs under label noise, batched, into tidy CSV files")
-    s.add_argument("--dataset", default="mnist1d", help="mnist1d or digits, optionally long-tailed (-lt10) and with a validation split (-val0.2): mnist1d-lt10-val0.2")
-    s.add_argument("--model", default="mnist1d_cnn", help="mnist1d_cnn or mlp")
+    s.add_argument("--dataset", default="mnist1d",
+                   help="mnist1d, mnist1d-40k, digits, cifar10 or cifar100 (with --data-dir), optionally long-tailed "
+                        "(-lt10) and with a validation split (-val0.2): mnist1d-lt10-val0.2")
+    s.add_argument("--data-dir", default=None, help="the folder that holds the CIFAR 'python version' files")
+    s.add_argument("--model", default="mnist1d_cnn", help="mnist1d_cnn, mnist1d_cnn_wK (K channels), mlp, resnet20, "
+                                                          "resnet44 or resnet56")
     s.add_argument("--losses", type=_losses, default=_losses("cce,mae,gce,imae,dm"),
                    help="comma-separated: cce, mae, mse, gce[:q=], imae[:T=], dm[:lam=,beta=], cce-dn, ...")
     s.add_argument("--noise", type=_noise, action="append", default=None,
                    help="SCHEME:RATES, repeatable; schemes symmetric, symmetric-keep, pair, mnist-map, cifar10-map: "
                         "symmetric:0,0.2,0.4 pair:0.2,0.4 (default symmetric:0,0.2,0.4,0.6,0.8)")
-    s.add_argument("--seeds", type=int, default=3)
+    s.add_argument("--seeds", type=_positive, default=3, help="seeds per setting (>= 1)")
     s.add_argument("--out", required=True, help="directory for config.json, runs.csv and history.csv.gz")
     defaults = Protocol()
-    s.add_argument("--steps", type=int, default=defaults.steps)
-    s.add_argument("--batch-size", type=int, default=defaults.batch_size)
-    s.add_argument("--lr", type=float, default=defaults.lr)
-    s.add_argument("--eval-every", type=int, default=defaults.eval_every)
-    s.add_argument("--chunk", type=int, default=0, help="runs trained together (default: all pending runs)")
-    s.add_argument("--device", default="cpu")
-    s.add_argument("--threads", type=int, default=0)
+    s.add_argument("--steps", type=_positive, default=defaults.steps, help="SGD steps (>= 1)")
+    s.add_argument("--batch-size", type=_positive, default=defaults.batch_size, help="examples per step (>= 1)")
+    s.add_argument("--lr", type=_rate, default=defaults.lr, help="learning rate (> 0)")
+    s.add_argument("--eval-every", type=_positive, default=defaults.eval_every, help="steps between evaluations (>= 1)")
+    s.add_argument("--chunk", type=_positive, default=None, help="runs trained together (>= 1; default: all pending runs)")
+    s.add_argument("--device", type=_device, default="cpu", help="cpu (default), cuda or cuda:K")
+    s.add_argument("--threads", type=_positive, default=None, help="torch threads (>= 1; default: torch's own)")
     s.set_defaults(run=_sweep)
     e = commands.add_parser("experiments", help="train the book's records (resumable) and install them in book/records")
     e.add_argument("names", nargs="*", help="experiments to train (default: all; --list names them)")
@@ -163,7 +208,7 @@ def main(argv=None) -> int:
     e.add_argument("--out", default=None, help="where to train, resumably (default: _build/records)")
     e.add_argument("--no-install", dest="install", action="store_false",
                    help="leave the finished records in --out instead of installing them in book/records")
-    e.add_argument("--device", default="cpu", help=argparse.SUPPRESS)
+    e.add_argument("--device", type=_device, default="cpu", help=argparse.SUPPRESS)
     e.add_argument("--threads", type=_positive, default=2, help="torch threads (default 2, as the records were made)")
     e.set_defaults(run=_experiments)
     r = commands.add_parser("reproduce", help="re-train an experiment's runs, or a sample, and compare them with its record")
@@ -172,7 +217,7 @@ def main(argv=None) -> int:
     r.add_argument("--mode", choices=["auto", "bitwise", "statistical"], default="auto",
                    help="auto: bitwise where the arithmetic is the record's, else statistical (see dmcore.experiments)")
     r.add_argument("--records", default=None, help="the folder of records (default: book/records)")
-    r.add_argument("--device", default="cpu", help=argparse.SUPPRESS)
+    r.add_argument("--device", type=_device, default="cpu", help=argparse.SUPPRESS)
     r.add_argument("--threads", type=_positive, default=2, help="torch threads (default 2, as the records were made)")
     r.set_defaults(run=_reproduce)
     args = parser.parse_args(argv)

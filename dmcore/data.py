@@ -15,6 +15,9 @@
   ``cifar-100-python`` under ``root``, the layout torchvision also reads), standardised per channel with
   the training split's statistics. The files are read, never downloaded.
 
+- :func:`by_name`: any of these by the name the sweeps and records use (``mnist1d-lt10-val0.2``,
+  ``cifar10``).
+
 Every loader returns a :class:`Dataset` of CPU tensors: ``x_train (N, ...)``, ``y_train (N)`` int64, the
 same for the test split, ``num_classes`` and ``name``, and a validation split where one was held out.
 """
@@ -24,12 +27,13 @@ from __future__ import annotations
 import functools
 import pathlib
 import pickle
+import re
 from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
 
-__all__ = ["Dataset", "mnist1d", "mnist1d_large", "digits", "long_tailed", "with_validation", "cifar"]
+__all__ = ["Dataset", "mnist1d", "mnist1d_large", "digits", "long_tailed", "with_validation", "cifar", "by_name"]
 
 
 @dataclass(frozen=True)
@@ -189,3 +193,28 @@ def cifar(root, name: str = "cifar10") -> Dataset:
     x_test, y_test = load(test_files)
     mean, std = x_train.mean((0, 2, 3), keepdim=True), x_train.std((0, 2, 3), keepdim=True).clamp_min(1e-6)
     return Dataset(name, (x_train - mean) / std, y_train, (x_test - mean) / std, y_test, classes)
+
+
+def by_name(name: str, data_dir=None) -> Dataset:
+    """A dataset by name: ``mnist1d`` (4000 training sequences), ``mnist1d-40k`` (40,000 freshly generated
+    training sequences, the same test set: :func:`mnist1d_large`), ``digits``, or ``cifar10`` and
+    ``cifar100`` (read from ``data_dir``, :func:`cifar`); optionally long-tailed (``-lt10``: ratio 10)
+    and with a validation split held out of the training split (``-val0.2``: 20%), in that order:
+    ``mnist1d-lt10-val0.2``."""
+    match = re.fullmatch(r"(mnist1d|digits|cifar10|cifar100)(?:-([1-9][0-9]*)k)?(?:-lt([0-9.]+))?(?:-val([0-9.]+))?",
+                         name)
+    if not match or (match.group(2) and match.group(1) != "mnist1d"):
+        raise ValueError(f"unknown dataset {name!r}: expected mnist1d, mnist1d-40k, digits, cifar10 or cifar100, e.g. "
+                         "mnist1d, mnist1d-lt10, digits-val0.2")
+    base, thousands, ratio, fraction = match.groups()
+    if base.startswith("cifar"):
+        if data_dir is None:
+            raise ValueError(f"dataset {base} is read from files: give the folder that holds them (--data-dir)")
+        dataset = cifar(data_dir, base)
+    elif base == "digits":
+        dataset = digits()
+    else:
+        dataset = mnist1d_large(1000 * int(thousands)) if thousands else mnist1d()
+    if ratio:
+        dataset = long_tailed(dataset, float(ratio))
+    return with_validation(dataset, float(fraction)) if fraction else dataset

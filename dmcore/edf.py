@@ -38,18 +38,21 @@ Example::
 
 from __future__ import annotations
 
+import inspect
 import math
+import numbers
 from functools import lru_cache
 from typing import Callable
 
 import sympy as sp
 import torch
+from numpy import bool_ as numpy_bool
 
 from . import symbolic
 from .symbolic import alpha, beta, eta, lam, p, psi, q, T
 
 __all__ = ["EDF", "cce", "mae", "mse", "gce", "sce", "poly1", "imae", "dm", "normal", "exponential", "beta_density",
-           "from_sympy", "from_callable", "implied_loss", "check_parameter"]
+           "from_sympy", "from_callable", "implied_loss", "check_parameter", "default"]
 
 
 class EDF:
@@ -110,10 +113,26 @@ class EDF:
     def __repr__(self) -> str:
         return f"EDF({self.name})"
 
+    def __getstate__(self) -> dict:
+        """Pickled without the generated torch function, which is rebuilt from the SymPy expression
+        (an EDF built from a callable pickles with its callable, as far as that one pickles)."""
+        state = dict(self.__dict__)
+        if self._expr is not None:
+            state["_fn"] = None
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        if self._fn is None:
+            self._fn = sp.lambdify(p, self._expr, modules="torch")
+
 
 def check_parameter(name: str, value, low: float = -math.inf, high: float = math.inf, *, low_open=False) -> float:
-    """A finite number within [low, high] (or (low, high]), else a ValueError that names it."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
+    """A finite real number (Python's, NumPy's or a 0-d tensor's) within [low, high] (or (low, high]),
+    as a float; else a ValueError that names it."""
+    if torch.is_tensor(value) and value.dim() == 0 and not value.dtype.is_complex and value.dtype != torch.bool:
+        value = value.item()
+    if isinstance(value, (bool, numpy_bool)) or not isinstance(value, numbers.Real):
         raise ValueError(f"{name} must be a real number, got {value!r}")
     value = float(value)
     if not math.isfinite(value):
@@ -122,6 +141,12 @@ def check_parameter(name: str, value, low: float = -math.inf, high: float = math
         bracket = "(" if low_open else "["
         raise ValueError(f"{name} must lie in {bracket}{low}, {high}], got {value}")
     return value
+
+
+def default(constructor: Callable, name: str) -> float:
+    """The default of parameter ``name`` in ``constructor``'s signature: each default is written once,
+    in the EDF's constructor, and read from there by the losses and the name grammar."""
+    return inspect.signature(constructor).parameters[name].default
 
 
 def _exact(value: float) -> sp.Expr:
@@ -134,6 +159,7 @@ def _named(name: str, **params: float) -> str:
     return f"{name}(" + ", ".join(f"{k}={v:g}" for k, v in params.items()) + ")" if params else name
 
 
+@lru_cache(maxsize=256)
 def _loss_weight(loss: str, **params: float) -> EDF:
     """The derived weight of ``loss`` with its parameters set; absolute values are resolved for
     ``0 < p < 1`` (written as ``p = 1 / (1 + r)``, ``r > 0``) where the parameters fix their sign."""
@@ -145,36 +171,34 @@ def _loss_weight(loss: str, **params: float) -> EDF:
     return EDF(_named(loss, **params), expr, params=params)
 
 
-def _defined(family: str, subs: dict, **params: float) -> EDF:
-    expr = symbolic.edf_expression(family).subs({sym: _exact(v) for sym, v in subs.items()})
+@lru_cache(maxsize=256)
+def _defined(family: str, **params: float) -> EDF:
+    """The defined EDF ``family`` with its parameters (validated floats) set; memoised on them, so that
+    equal parameters give the same EDF object and its generated function."""
+    expr = symbolic.edf_expression(family).subs({getattr(symbolic, k): _exact(v) for k, v in params.items()})
     return EDF(_named(family, **params), expr, params=params)
 
 
-@lru_cache(maxsize=256)
 def cce() -> EDF:
     """CCE's weight, :math:`2(1-p)`: derived from :math:`-\\log p`."""
     return _loss_weight("cce")
 
 
-@lru_cache(maxsize=256)
 def mae() -> EDF:
     """MAE's weight in the DM paper's scaling, :math:`2p(1-p)`: derived from :math:`1 - p`."""
     return _loss_weight("mae")
 
 
-@lru_cache(maxsize=256)
 def mse() -> EDF:
     """MSE's weight in the DM paper's form, :math:`4p(1-p)^2`: derived from :math:`(1-p)^2`."""
     return _loss_weight("mse")
 
 
-@lru_cache(maxsize=256)
 def gce(q: float = 0.7) -> EDF:
     """GCE's weight, :math:`2p^q(1-p)`: derived from :math:`(1-p^q)/q`, with ``0 < q <= 1``."""
     return _loss_weight("gce", q=check_parameter("q", q, 0, 1, low_open=True))
 
 
-@lru_cache(maxsize=256)
 def sce(alpha: float = 0.1, beta: float = 1.0) -> EDF:
     """Symmetric cross-entropy's weight, :math:`2(1-p)(\\alpha + 4\\beta p)`: derived from
     :math:`\\alpha(-\\log p) + \\beta(-A)(1 - p)` with ``A = -4`` (Wang et al., ICCV 2019; their
@@ -185,48 +209,42 @@ def sce(alpha: float = 0.1, beta: float = 1.0) -> EDF:
     return _loss_weight("sce", alpha=alpha_, beta=beta_)
 
 
-@lru_cache(maxsize=256)
 def poly1(epsilon: float = 1.0) -> EDF:
     """Poly-1's weight, :math:`2(1-p)(1 + \\epsilon p)`: derived from :math:`-\\log p + \\epsilon(1 - p)`
     (Leng et al., ICLR 2022), ``epsilon >= -1`` (below, the loss would grow with ``p`` near 1)."""
     return _loss_weight("poly1", epsilon=check_parameter("epsilon", epsilon, -1))
 
 
-@lru_cache(maxsize=256)
 def imae(T: float = 8) -> EDF:
     """IMAE's weight, :math:`\\exp(T p (1-p))`, ``T >= 0`` (IMAE paper's default 8)."""
-    return _defined("imae", {symbolic.T: check_parameter("T", T, 0)}, T=float(T))
+    return _defined("imae", T=check_parameter("T", T, 0))
 
 
-@lru_cache(maxsize=256)
 def dm(lam: float = 0.5, beta: float = 8) -> EDF:
     """DM's main EDF, :math:`\\exp(\\beta p^\\lambda (1-p))`: mode ``lam/(lam+1)`` (``lam >= 0``),
     spread ``beta >= 0`` (``beta = 0`` weights every example equally; ``lam = 1`` is IMAE)."""
     lam_, beta_ = check_parameter("lam", lam, 0), check_parameter("beta", beta, 0)
-    return _defined("dm", {symbolic.lam: lam_, symbolic.beta: beta_}, lam=lam_, beta=beta_)
+    return _defined("dm", lam=lam_, beta=beta_)
 
 
-@lru_cache(maxsize=256)
 def normal(psi: float = 0.5, beta: float = 8) -> EDF:
     """The normal-like EDF, :math:`\\exp(-\\beta p (p - 2\\psi))`: mode ``psi`` in [0, 1], spread ``beta >= 0``."""
     psi_, beta_ = check_parameter("psi", psi, 0, 1), check_parameter("beta", beta, 0)
-    return _defined("normal", {symbolic.psi: psi_, symbolic.beta: beta_}, psi=psi_, beta=beta_)
+    return _defined("normal", psi=psi_, beta=beta_)
 
 
-@lru_cache(maxsize=256)
 def exponential(beta: float = 1) -> EDF:
     """The exponential EDF, :math:`\\exp(\\beta (1-p))` (DM with ``lam = 0``); ``beta < 0`` emphasises
     easy examples."""
     beta_ = check_parameter("beta", beta)
-    return _defined("exponential", {symbolic.beta: beta_}, beta=beta_)
+    return _defined("exponential", beta=beta_)
 
 
-@lru_cache(maxsize=256)
 def beta_density(alpha: float = 2, eta: float = 2) -> EDF:
     """The beta-density-like EDF, :math:`p^{\\alpha-1}(1-p)^{\\eta-1}`, ``alpha, eta >= 1`` (finite on
     [0, 1]); (1, 2), (2, 2), (2, 3) and (q+1, 2) are CCE, MAE, MSE and GCE up to a constant."""
     alpha_, eta_ = check_parameter("alpha", alpha, 1), check_parameter("eta", eta, 1)
-    return _defined("beta_density", {symbolic.alpha: alpha_, symbolic.eta: eta_}, alpha=alpha_, eta=eta_)
+    return _defined("beta_density", alpha=alpha_, eta=eta_)
 
 
 def from_sympy(expr, name: str = "custom") -> EDF:

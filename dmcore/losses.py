@@ -11,7 +11,9 @@ and ``p_i = softmax(z_i)[y_i]``, the gradient is
 
 the unit-L1 CCE direction times the example's weight ``w(p)`` (an :class:`dmcore.edf.EDF`) and its
 class weight ``c``, over a normaliser ``Z``. ``u_i`` is computed as the right-hand form, without
-dividing by ``1 - p_i``, so it is exact and finite at ``p_i = 1``.
+dividing by ``1 - p_i``, so it is exact and finite at ``p_i = 1``. For class-probability targets
+``t`` (and label smoothing) ``p_i = sum_c t_c softmax(z_i)_c`` and ``e_y`` becomes ``t``
+(:mod:`dmcore.manipulated`, where the gradient is computed).
 
 ``eps > 0`` multiplies the gradient by ``2(1 - p_i) / (2(1 - p_i) + eps)``: the paper's code
 divides by ``2 - 2 p_i + 1e-6``, not by ``2(1 - p_i)``. With ``eps = 0`` every example keeps pushing
@@ -19,41 +21,57 @@ with the length ``w(p)`` however well it is fitted, so its margin grows without 
 ``eps > 0`` an example stops once ``1 - p_i`` falls well below ``eps`` (a margin of about
 ``log(1/eps)``, 14 for ``1e-6``), as under cross-entropy. :class:`DMLoss` and :class:`IMAELoss`
 default to the code's ``eps = 1e-6``: with ``eps = 0``, DM collapsed on clean MNIST-1D in every seed
-of the book's records ``eps-objective`` (:class:`dmcore.train.Protocol`);
-:class:`EDFLoss` defaults to ``eps = 0``, so that natural weights reproduce their losses' gradients. With ``reduction='mean'``,
+of the book's records ``eps-objective`` (:class:`dmcore.train.Protocol`); :class:`EDFLoss` defaults to
+``eps = 0``, so that natural weights reproduce their losses' gradients. With ``reduction='mean'``,
 ``Z`` is the batch sum of ``c w`` (``normalizer='batch'``, the paper's derivative normalisation) or
 of ``c`` (``normalizer='count'``, the convention of ``nn.CrossEntropyLoss``); with ``'sum'`` and
 ``'none'``, ``Z = 1``.
 
-The **forward value** is the emphasis-weighted cross-entropy ``sum_i c w(p_i) (-log p_i) / Z``
-(per element for ``'none'``), which the paper's code reports too. It is for monitoring only: the
-gradient applied is the manipulated one above, not the gradient of this value, and for DM and IMAE
-no elementary objective has that gradient. ``-log p`` is clipped at ``-log(tiny)`` of the compute dtype.
+**The forward value of an EDF loss is for monitoring only.** It is the emphasis-weighted
+cross-entropy ``sum_i c w(p_i) (-log p_i) / Z`` (per element for ``'none'``), which the paper's code
+reports too. The gradient applied is the manipulated one above, not the gradient of this value, and
+for DM and IMAE no elementary objective has that gradient. ``-log p`` is clipped at ``-log(tiny)``
+of the compute dtype. With ``create_graph=True`` the manipulated gradient is itself differentiable
+(second derivatives for gradient penalties and meta-learned weights).
 
 **Closed-form losses** (:class:`CCELoss`, :class:`MAELoss`, :class:`MSELoss`, :class:`GCELoss`, and the
 noise-robust baselines :class:`SCELoss`, :class:`NCERCELoss`, :class:`Poly1Loss`) are written from their
-definitions and differentiated by autograd. With its natural weight
-(``edf.cce()``, ...) and ``normalizer='count'`` the EDF path reproduces their gradients exactly,
-and with ``normalizer='batch'`` it gives the papers' "-DN" variants.
+definitions and differentiated by autograd. With its natural weight (``edf.cce()``, ...) and
+``normalizer='count'`` the EDF path reproduces their gradients exactly, and with
+``normalizer='batch'`` it gives the papers' "-DN" variants. A closed-form loss ``l(p_y)`` extends to a
+target distribution as its expectation, ``sum_c t_c weight_c l(p_c)``, which for CCE is
+``nn.CrossEntropyLoss``'s soft-target and label-smoothing loss exactly.
 
-Conventions (all losses): logits ``(N, C)`` or ``(N, C, d1, ..., dk)`` with ``C >= 2``, class-index
-targets ``(N)`` or ``(N, d1, ..., dk)``, ``ignore_index`` (ignored elements weigh nothing and are
-not counted), ``reduction`` in ``'mean' | 'sum' | 'none'`` (``'none'`` returns shape
-``(N, d1, ..., dk)``), an optional per-class ``weight`` of shape ``(C)``. float16 and bfloat16
-logits are computed in float32 and their gradients returned in the input's dtype.
+Conventions (all losses): logits ``(N, C)`` or ``(N, C, d1, ..., dk)`` with ``C >= 2``; targets are
+class indices ``(N)`` or ``(N, d1, ..., dk)`` (any integer dtype) or class probabilities shaped
+like the logits (:mod:`dmcore.targets`); ``ignore_index`` (ignored elements weigh nothing, are not
+counted, and their logits may be anything, NaN included); ``reduction`` in ``'mean' | 'sum' |
+'none'`` (``'none'`` returns shape ``(N, d1, ..., dk)``); an optional per-class ``weight`` of shape
+``(C)``; ``label_smoothing`` in ``[0, 1]``. float16 and bfloat16 logits are computed in float32 and
+their gradients returned in the input's dtype.
 
-Bad input raises: ``TypeError`` for non-floating logits or non-integer targets (class
-probabilities are not supported); ``ValueError`` for wrong shapes, ``C < 2``, targets outside
-``[0, C)`` other than ``ignore_index``, NaN or ``+inf`` logits (or a row of only ``-inf``) in a
-non-ignored element, and an EDF that returns negative or non-finite weights. These data checks cost
-at most two device-to-host synchronisations per call. An empty batch, or one whose elements are all
-ignored, gives a loss of 0 and a zero gradient for ``'mean'`` (``nn.CrossEntropyLoss`` gives NaN).
+Bad input raises: ``TypeError`` for non-floating logits, targets that are neither indices nor
+probabilities, a non-integer ``ignore_index`` or an integer ``weight``; ``ValueError`` for wrong
+shapes, ``C < 2``, targets outside ``[0, C)`` other than ``ignore_index``, NaN or ``+inf`` logits (or
+a row of only ``-inf``) in a counted element, a negative or non-finite class weight, and an EDF that
+returns negative or non-finite weights. The data checks cost one device-to-host synchronisation per
+call; ``check=False`` skips them (for production training on a GPU, for CUDA graphs), and then bad
+data gives NaN instead of an error. An empty batch, or one whose elements are all ignored, gives a
+loss of 0 and a zero gradient for ``'mean'`` (``nn.CrossEntropyLoss`` gives NaN).
 
-**Data-parallel training.** When ``torch.distributed`` is initialised with more than one process,
-the ``'mean'`` normaliser is summed over the ranks (and divided by the world size, since
-``DistributedDataParallel`` averages gradients), so ``k`` ranks with batch ``b`` give the same
-gradients as one process with batch ``k*b``. Wrap the model in ``DistributedDataParallel`` as usual
-and call the loss on each rank's batch; ``sync_normalizer=False`` turns this off.
+**Data-parallel training.** When ``torch.distributed`` is initialised with more than one process
+and a gradient will be taken (grad mode on, logits requiring grad), the ``'mean'`` normaliser of an
+EDF loss is summed over the ranks of ``process_group`` (default: all) and divided by their number,
+since ``DistributedDataParallel`` averages gradients: ``k`` ranks with batch ``b`` give the gradients
+of one process with batch ``k*b``. Every rank must then call the loss. Under ``torch.no_grad()`` (an
+evaluation on one rank) nothing is synchronised. ``sync_normalizer=False`` turns this off.
+
+**Implementation.** ``impl='auto'`` (default) runs the compiled CPU kernel for float32 logits on CPU
+with class indices (unless ``DMCORE_CPU_KERNEL=0``) and PyTorch's ops elsewhere; ``'torch'`` and
+``'c'`` choose one (:func:`dmcore.manipulated.implementation` says which runs; the logger
+``dmcore.losses`` reports the first use of each). The EDF losses are the custom operator
+``torch.ops.dmcore.edf_loss``, so ``torch.compile(fullgraph=True)`` compiles a model and its loss
+in one graph.
 
 Reference: X. Wang et al., *Derivative manipulation for general example weighting*, arXiv:1905.11233.
 
@@ -71,261 +89,25 @@ Example::
 
 from __future__ import annotations
 
+import inspect
 import math
 
 import torch
-import torch.distributed as dist
 import torch.nn as nn
 
 from . import edf as edfs
-from . import kernels
-from .edf import EDF
+from . import manipulated, targets
+from .edf import EDF, default
+from .targets import REDUCTIONS
 
 __all__ = ["edf_loss", "dm_loss", "imae_loss", "cce_loss", "mae_loss", "mse_loss", "gce_loss", "sce_loss",
            "nce_rce_loss", "poly1_loss", "EDFLoss", "DMLoss", "IMAELoss", "CCELoss", "MAELoss", "MSELoss",
-           "GCELoss", "SCELoss", "NCERCELoss", "Poly1Loss"]
+           "GCELoss", "SCELoss", "NCERCELoss", "Poly1Loss", "from_name", "names", "PAPER_EPS", "RCE_A"]
 
-REDUCTIONS = ("mean", "sum", "none")
 NORMALIZERS = ("batch", "count")
-
-
-# ----------------------------------------------------------------------------------------------
-# Input handling shared by every loss
-# ----------------------------------------------------------------------------------------------
-
-def _check_call(input, target, weight, reduction):
-    """Static checks (no synchronisation); returns the number of classes."""
-    if not torch.is_tensor(input) or not input.is_floating_point():
-        raise TypeError(f"logits must be a floating-point tensor, got {getattr(input, 'dtype', type(input).__name__)}")
-    if input.dim() < 2:
-        raise ValueError(f"logits must have shape (N, C) or (N, C, d1, ..., dk), got {tuple(input.shape)}")
-    num_classes = input.shape[1]
-    if num_classes < 2:
-        raise ValueError(f"logits need at least 2 classes along dim 1, got C = {num_classes}: with one class "
-                         "p = 1 always and there is nothing to learn")
-    if not torch.is_tensor(target) or target.is_floating_point() or target.is_complex() or target.dtype == torch.bool:
-        raise TypeError("targets must be class indices in an integer tensor, got "
-                        f"{getattr(target, 'dtype', type(target).__name__)} (class-probability targets are not supported)")
-    expected = (input.shape[0],) + tuple(input.shape[2:])
-    if tuple(target.shape) != expected:
-        raise ValueError(f"target shape {tuple(target.shape)} does not match logits {tuple(input.shape)}: expected {expected}")
-    if target.device != input.device:
-        raise ValueError(f"target is on {target.device} but logits are on {input.device}")
-    if reduction not in REDUCTIONS:
-        raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
-    if weight is not None:
-        if not torch.is_tensor(weight) or weight.shape != (num_classes,) or not weight.is_floating_point():
-            raise ValueError(f"weight must be a floating-point tensor of shape ({num_classes},), got "
-                             f"{tuple(weight.shape) if torch.is_tensor(weight) else type(weight).__name__}")
-    return num_classes
-
-
-def _targets(target, num_classes, ignore_index):
-    """(safe class indices for gather/scatter, mask of counted elements, mask of invalid targets)."""
-    target = target.long()
-    counted = target != ignore_index
-    out_of_range = counted & ((target < 0) | (target >= num_classes))
-    safe = torch.where(counted & ~out_of_range, target, torch.zeros_like(target))
-    return safe, counted & ~out_of_range, out_of_range
-
-
-def _raise_for(out_of_range, target, num_classes, ignore_index, nonfinite=None):
-    """Raise a ValueError naming the first offending element, if any (called after one sync)."""
-    if out_of_range is not None and bool(out_of_range.any()):
-        idx = tuple(int(i) for i in out_of_range.nonzero()[0])
-        raise ValueError(f"target {int(target[idx])} at index {idx} is outside [0, {num_classes - 1}] "
-                         f"and is not ignore_index={ignore_index}")
-    if nonfinite is not None and bool(nonfinite.any()):
-        idx = tuple(int(i) for i in nonfinite.nonzero()[0])
-        raise ValueError(f"logits contain NaN or +inf (or only -inf) in {int(nonfinite.sum())} element(s), "
-                         f"first at index {idx}")
-
-
-def _class_weights(weight, target, counted, dtype):
-    """Each element's class weight, 0 where not counted (1 for every counted element without ``weight``)."""
-    if weight is None:
-        return counted.to(dtype)
-    return torch.where(counted, weight.to(dtype)[torch.where(counted, target.long(), 0)], 0.0)
-
-
-def _reduce(values, c, reduction):
-    """Closed-form reduction: the class-weighted mean (0 when nothing counts), sum, or none."""
-    if reduction == "none":
-        return values
-    total = values.sum()
-    if reduction == "sum":
-        return total
-    denom = c.sum()
-    return torch.where(denom > 0, total / torch.where(denom > 0, denom, torch.ones_like(denom)), torch.zeros_like(total))
-
-
-def _synced(z, sync):
-    """The normaliser summed over the ranks and divided by the world size (DDP averages gradients)."""
-    if sync and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-        z = z.clone()
-        dist.all_reduce(z, op=dist.ReduceOp.SUM)
-        z = z / dist.get_world_size()
-    return z
-
-
-# ----------------------------------------------------------------------------------------------
-# The EDF path: value and manipulated gradient in one autograd Function
-# ----------------------------------------------------------------------------------------------
-
-def _parts_torch(input, target, num_classes, ignore_index, compute):
-    """The reference producer, any device and dtype (PyTorch ops).
-
-    Returns ``buf`` (the softmax over the other classes times ``norm``, zero at the label and for
-    ignored elements), ``p``, ``log p`` and ``norm`` per element, and the safe label index; raises for
-    bad targets or logits. One synchronisation, plus an exact recomputation of the elements whose
-    ``1 - p`` underflows (``p = 1`` to working precision).
-    """
-    tiny = torch.finfo(compute).tiny
-    safe, counted, out_of_range = _targets(target, num_classes, ignore_index)
-    index = safe.unsqueeze(1)
-    buf = torch.softmax(input, dim=1, dtype=compute)
-    p = buf.gather(1, index).squeeze(1)
-    buf.scatter_(1, index, 0.0)
-    rest = buf.sum(1)                                  # sum over j != y of p_j = 1 - p, accurate near p = 1
-    nonfinite = ~(torch.isfinite(rest) & torch.isfinite(p))
-    underflow = counted & (rest < tiny ** (2 / 3))
-    flags = torch.stack([out_of_range.any(), (nonfinite & counted).any(), underflow.any(), nonfinite.any()])
-    bad_target, bad_logits, any_underflow, any_nonfinite = flags.tolist()  # the one synchronisation
-    if bad_target or bad_logits:
-        _raise_for(out_of_range, target, num_classes, ignore_index, nonfinite & counted)
-    one_minus_p, norm = rest, rest
-    if any_nonfinite:  # only in ignored elements: they must not poison the gradient
-        buf.movedim(1, -1)[nonfinite] = 0.0
-        one_minus_p, p = torch.where(nonfinite, 1.0, one_minus_p), torch.where(nonfinite, 0.0, p)
-    if any_underflow:
-        rows = input.movedim(1, -1)[underflow].to(compute)           # (K, C), K small
-        rows_y = safe[underflow].unsqueeze(1)
-        masked = rows.scatter(1, rows_y, -math.inf)
-        top = masked.amax(1)                                          # -inf: no other class at all
-        direction = torch.softmax(masked, dim=1)                      # exact: the max is subtracted first
-        direction = torch.where(torch.isfinite(top).unsqueeze(1), direction, 0.0)  # no other class: u = -e_y/2
-        log_rest = (top - rows.gather(1, rows_y).squeeze(1)) + torch.log(torch.exp(masked - top.unsqueeze(1)).sum(1))
-        buf.movedim(1, -1)[underflow] = direction
-        one_minus_p = one_minus_p.masked_scatter(underflow, torch.sigmoid(log_rest))
-        norm = norm.masked_fill(underflow, 1.0)
-    norm = torch.where(counted, norm, 1.0)            # ignored elements: scale 0 anyway
-    log_p = torch.where(one_minus_p < 0.5, torch.log1p(-one_minus_p), torch.log(p))
-    return buf, torch.where(counted, p, 0.0), log_p, norm, safe
-
-
-def _scale_torch(buf, index, k, norm):
-    """The gradient from the buffer: ``buf * k / norm`` off the label, ``-k`` at it (in place)."""
-    buf.mul_((k / norm).unsqueeze(1))
-    buf.scatter_(1, index.unsqueeze(1), (-k).unsqueeze(1))
-    return buf
-
-
-def _parts_kernel(kernel, input, target, num_classes, ignore_index):
-    """The outputs of :func:`_parts_torch` from the compiled CPU kernel (float32, one pass), except
-    that the last is the target itself (the kernel skips ignored elements)."""
-    x = input.contiguous()
-    t = target.contiguous().long()
-    n, spatial = x.shape[0], math.prod(x.shape[2:])
-    buf = torch.empty_like(x)
-    p, odds, norm = (torch.empty(t.shape, dtype=x.dtype) for _ in range(3))
-    kernel.edf_forward_f32(x.data_ptr(), t.data_ptr(), n, num_classes, spatial, ignore_index, buf.data_ptr(),
-                           p.data_ptr(), odds.data_ptr(), norm.data_ptr(), torch.get_num_threads())
-    low, high = torch.stack(torch.aminmax(p)).tolist() if p.numel() else (0.0, 0.0)
-    if low < 0 or math.isnan(high):  # the kernel marks bad targets with p = -1 and bad logits with NaN
-        safe, counted, out_of_range = _targets(target, num_classes, ignore_index)
-        _raise_for(out_of_range, target, num_classes, ignore_index, counted & torch.isnan(p))
-    return buf, p, odds.log1p_().neg_(), norm, t   # log p = -log(1 + odds), accurate at both ends
-
-
-class _EDFFunction(torch.autograd.Function):
-    """Forward computes the gradient itself, into the softmax buffer (the only (N, C, ...) tensor it
-    allocates); backward multiplies it by the upstream gradient, in place."""
-
-    @staticmethod
-    def forward(ctx, input, target, edf, weight, ignore_index, reduction, normalizer, sync, eps):
-        num_classes = input.shape[1]
-        compute = torch.float32 if input.dtype in (torch.float16, torch.bfloat16) else input.dtype
-        kernel = kernels.cpu() if (input.device.type == "cpu" and input.dtype == torch.float32
-                                   and not torch.compiler.is_compiling()) else None
-        if kernel is not None:
-            buf, p, log_p, norm, index = _parts_kernel(kernel, input, target, num_classes, ignore_index)
-        else:
-            buf, p, log_p, norm, index = _parts_torch(input, target, num_classes, ignore_index, compute)
-        counted = target != ignore_index
-
-        w = torch.where(counted, edf(p), 0.0)
-        c = None if weight is None else _class_weights(weight, target, counted, compute)
-        cw = w if c is None else c * w
-        low, high = torch.stack(torch.aminmax(cw)).tolist() if cw.numel() else (0.0, 0.0)
-        if low < 0 or not math.isfinite(high):
-            bad = counted & ~(torch.isfinite(w) & (w >= 0))
-            raise ValueError(f"EDF {edf.name} returned a negative or non-finite weight at p = {float(p[bad][0]):.6g}")
-        if reduction == "mean":
-            total = cw.sum() if normalizer == "batch" else (counted.sum() if c is None else c.sum())
-            z = _synced(total.to(compute), sync)
-            z = torch.where(z > 0, z, torch.ones_like(z))  # nothing counts: loss 0, gradient 0
-        else:
-            z = torch.ones((), dtype=compute, device=input.device)
-
-        values = cw * -log_p.clamp_min(math.log(torch.finfo(compute).tiny))
-        out = values if reduction == "none" else values.sum() / z if reduction == "mean" else values.sum()
-        if ctx.needs_input_grad[0]:
-            k = cw * (0.5 / z)                              # half the scale of each element
-            if eps > 0:                                     # the code's 2 - 2p + eps in place of 2(1 - p)
-                r = torch.where(counted, -2 * torch.expm1(log_p), 0.0)
-                k = k * (r / (r + eps))
-            if kernel is not None:
-                k, norm = k.contiguous(), norm.contiguous()
-                kernel.edf_scale_f32(buf.data_ptr(), index.data_ptr(), buf.shape[0], num_classes,
-                                     math.prod(buf.shape[2:]), ignore_index, k.data_ptr(), norm.data_ptr(),
-                                     1.0, torch.get_num_threads())
-            elif torch.compiler.is_compiling():
-                buf = (buf * (k / norm).unsqueeze(1)).scatter(1, index.unsqueeze(1), (-k).unsqueeze(1))
-            else:
-                buf = _scale_torch(buf, index, k, norm)
-            ctx.save_for_backward(buf)
-            ctx.input_dtype = input.dtype
-        return out.to(input.dtype)
-
-    @staticmethod
-    def backward(ctx, grad_output):
-        (grad,) = ctx.saved_tensors
-        g = grad_output.to(grad.dtype)
-        if g.dim() > 0:                                     # reduction='none': one factor per element
-            g = g.unsqueeze(1)
-        elif g.device.type == "cpu" and float(g) == 1.0:    # loss.backward(): nothing to multiply
-            return grad.to(ctx.input_dtype), None, None, None, None, None, None, None, None
-        grad = grad * g if torch.compiler.is_compiling() else grad.mul_(g)
-        return grad.to(ctx.input_dtype), None, None, None, None, None, None, None, None
-
-
-def edf_loss(input, target, edf: EDF, weight=None, ignore_index: int = -100, reduction: str = "mean",
-             normalizer: str = "batch", sync_normalizer: bool = True, eps: float = 0.0):
-    """Loss whose gradient w.r.t. the logits is ``c w(p) / Z`` times the unit-L1 CCE direction.
-
-    Args:
-        input: logits ``(N, C)`` or ``(N, C, d1, ..., dk)``, float16/bfloat16/float32/float64.
-        target: class indices ``(N)`` or ``(N, d1, ..., dk)``.
-        edf: the emphasis density function ``w(p)`` (:mod:`dmcore.edf`).
-        weight: optional per-class weights ``(C)``.
-        ignore_index: target value whose elements weigh nothing and are not counted.
-        reduction: ``'mean'`` (over ``Z``), ``'sum'`` or ``'none'``.
-        normalizer: ``Z`` for ``'mean'``: ``'batch'`` (sum of weights) or ``'count'`` (sum of class weights).
-        sync_normalizer: sum ``Z`` over the ranks when ``torch.distributed`` is initialised.
-        eps: ``>= 0``; the gradient is multiplied by ``2(1 - p) / (2(1 - p) + eps)`` (module docstring).
-
-    Returns:
-        The emphasis-weighted cross-entropy (a scalar, or ``(N, d1, ..., dk)`` for ``'none'``): for
-        monitoring; the gradient is the manipulated one (module docstring).
-    """
-    if not isinstance(edf, EDF):
-        raise TypeError(f"edf must be a dmcore.edf.EDF (e.g. edf.dm(0.5, 8)), got {type(edf).__name__}")
-    if normalizer not in NORMALIZERS:
-        raise ValueError(f"normalizer must be one of {NORMALIZERS}, got {normalizer!r}")
-    _check_eps(eps)
-    _check_call(input, target, weight, reduction)
-    return _EDFFunction.apply(input, target, edf, weight, ignore_index, reduction, normalizer, sync_normalizer,
-                              float(eps))
+PAPER_EPS = 1e-6   # the DM paper's code: the gradient divided by 2 - 2p + 1e-6
+#: The reverse cross-entropy's log of zero, ``A`` in Wang et al. (ICCV 2019): RCE = -A (1 - p).
+RCE_A = -4.0
 
 
 def _check_eps(eps):
@@ -333,16 +115,100 @@ def _check_eps(eps):
         raise ValueError(f"eps must be a finite number >= 0, got {eps!r}")
 
 
-PAPER_EPS = 1e-6   # the DM paper's code: the gradient divided by 2 - 2p + 1e-6
+def _check_edf_args(edf, normalizer, eps, impl):
+    if not isinstance(edf, EDF):
+        raise TypeError(f"edf must be a dmcore.edf.EDF (e.g. edf.dm(0.5, 8)), got {type(edf).__name__}")
+    if normalizer not in NORMALIZERS:
+        raise ValueError(f"normalizer must be one of {NORMALIZERS}, got {normalizer!r}")
+    if impl not in manipulated.IMPLS:
+        raise ValueError(f"impl must be one of {manipulated.IMPLS}, got {impl!r}")
+    _check_eps(eps)
 
 
-def dm_loss(input, target, lam: float = 0.5, beta: float = 8, eps: float = PAPER_EPS, **kwargs):
-    """:func:`edf_loss` with DM's EDF ``exp(beta p^lam (1 - p))`` and the code's ``eps``."""
+# ----------------------------------------------------------------------------------------------
+# The EDF path: one custom operator computes the value and the manipulated gradient
+# ----------------------------------------------------------------------------------------------
+
+def edf_loss(input, target, edf: EDF, weight=None, ignore_index: int = -100, reduction: str = "mean",
+             normalizer: str = "batch", sync_normalizer: bool = True, eps: float = 0.0, label_smoothing: float = 0.0,
+             process_group=None, check: bool = True, impl: str = "auto"):
+    """Loss whose gradient w.r.t. the logits is ``c w(p) / Z`` times the unit-L1 CCE direction.
+
+    .. math::
+
+        \\frac{\\partial \\mathcal{L}}{\\partial z_i} = \\frac{c_i\\, w(p_i)}{Z}\\,
+        \\frac{\\mathrm{softmax}(z_i) - t_i}{2(1 - p_i)}, \\qquad p_i = t_i^\\top \\mathrm{softmax}(z_i)
+
+    Args:
+        input: logits ``(N, C)`` or ``(N, C, d1, ..., dk)``, float16/bfloat16/float32/float64.
+        target: class indices ``(N)`` or ``(N, d1, ..., dk)``, or class probabilities shaped like ``input``.
+        edf: the emphasis density function ``w(p)`` (:mod:`dmcore.edf`).
+        weight: optional per-class weights ``(C)``, finite and ``>= 0`` (no gradient flows to them).
+        ignore_index: class-index target whose elements weigh nothing and are not counted.
+        reduction: ``'mean'`` (over ``Z``), ``'sum'`` or ``'none'``.
+        normalizer: ``Z`` for ``'mean'``: ``'batch'`` (sum of weights) or ``'count'`` (sum of class weights).
+        sync_normalizer: sum ``Z`` over the ranks when ``torch.distributed`` is initialised and a
+            gradient will be taken.
+        eps: ``>= 0``; the gradient is multiplied by ``2(1 - p) / (2(1 - p) + eps)`` (module docstring).
+        label_smoothing: ``s`` in ``[0, 1]``: the target becomes ``(1 - s) t + s / C``.
+        process_group: the ranks whose normalisers are summed (default: all).
+        check: run the data checks (one synchronisation); ``False`` for a synchronisation-free step.
+        impl: ``'auto'``, ``'torch'`` or ``'c'`` (module docstring).
+
+    Returns:
+        The emphasis-weighted cross-entropy (a scalar, or ``(N, d1, ..., dk)`` for ``'none'``): for
+        monitoring; the gradient is the manipulated one (module docstring).
+
+    Example::
+
+        >>> import torch
+        >>> from dmcore import edf, losses
+        >>> logits = torch.tensor([[2.0, 0.0, -1.0]], requires_grad=True)
+        >>> losses.edf_loss(logits, torch.tensor([0]), edf.cce(), normalizer="count").backward()
+        >>> torch.allclose(logits.grad, torch.softmax(logits, 1) - torch.tensor([1.0, 0, 0]))   # CCE's gradient
+        True
+    """
+    _check_edf_args(edf, normalizer, eps, impl)
+    targets.check_call(input, target, weight, ignore_index, reduction, label_smoothing)
+    if weight is not None and weight.requires_grad:
+        raise ValueError("weight requires grad, but the EDF losses give class weights no gradient: pass weight.detach(), "
+                         "or use a closed-form loss")
+    need_grad = torch.is_grad_enabled() and input.requires_grad
+    group = manipulated.group_key(sync_normalizer and need_grad and reduction == "mean", process_group)
+    value, _, _ = manipulated.edf_loss(input, target, weight, manipulated.edf_key(edf), int(ignore_index), reduction,
+                                       normalizer, group, float(eps), float(label_smoothing), bool(check), impl,
+                                       need_grad)
+    return value
+
+
+def dm_loss(input, target, lam: float = default(edfs.dm, "lam"), beta: float = default(edfs.dm, "beta"),
+            eps: float = PAPER_EPS, **kwargs):
+    """:func:`edf_loss` with DM's EDF ``w(p) = exp(beta p^lam (1 - p))`` and the code's ``eps``
+    (Wang et al., arXiv:1905.11233). Keyword arguments as for :func:`edf_loss`.
+
+    Example::
+
+        >>> import torch
+        >>> from dmcore import losses
+        >>> logits = torch.zeros(4, 3, requires_grad=True)
+        >>> losses.dm_loss(logits, torch.tensor([0, 1, 2, 0])).backward()
+        >>> round(logits.grad.abs().sum().item(), 4)   # 1 - eps / (4/3 + eps): the weights sum to one
+        1.0
+    """
     return edf_loss(input, target, edfs.dm(lam, beta), eps=eps, **kwargs)
 
 
-def imae_loss(input, target, T: float = 8, eps: float = PAPER_EPS, **kwargs):
-    """:func:`edf_loss` with IMAE's EDF ``exp(T p (1 - p))`` and the code's ``eps``."""
+def imae_loss(input, target, T: float = default(edfs.imae, "T"), eps: float = PAPER_EPS, **kwargs):
+    """:func:`edf_loss` with IMAE's EDF ``w(p) = exp(T p (1 - p))`` and the code's ``eps``
+    (Wang et al., arXiv:1903.12141). Keyword arguments as for :func:`edf_loss`.
+
+    Example::
+
+        >>> import torch
+        >>> from dmcore import losses
+        >>> float(losses.imae_loss(torch.zeros(2, 2), torch.tensor([0, 1])))   # w(1/2) (-log 1/2) / w(1/2)
+        0.6931471824645996
+    """
     return edf_loss(input, target, edfs.imae(T), eps=eps, **kwargs)
 
 
@@ -350,52 +216,118 @@ def imae_loss(input, target, T: float = 8, eps: float = PAPER_EPS, **kwargs):
 # Closed-form losses, differentiated by autograd: the EDF path's independent check
 # ----------------------------------------------------------------------------------------------
 
-def _log_p(input, target, ignore_index, full=False):
-    """log p_y per element (autograd), zero where not counted, the safe targets and the counted mask;
-    with ``full``, also the log-probabilities of every class ``(N, C, ...)``."""
-    num_classes = input.shape[1]
-    safe, counted, out_of_range = _targets(target, num_classes, ignore_index)
-    log_probs = torch.log_softmax(input.float() if input.dtype in (torch.float16, torch.bfloat16) else input, dim=1)
-    log_p = log_probs.gather(1, safe.unsqueeze(1)).squeeze(1)
-    nonfinite = counted & torch.isnan(log_p)
-    flags = torch.stack([out_of_range.any(), nonfinite.any()]).tolist()  # the one synchronisation
-    if any(flags):
-        _raise_for(out_of_range, target, num_classes, ignore_index, nonfinite)
-    log_p = torch.where(counted, log_p, 0.0)
-    return (log_p, safe, counted, log_probs) if full else (log_p, safe, counted)
+def _closed_form(per_element, name, full=False):
+    """A functional closed-form loss from ``per_element(log_p) -> loss`` (one definition each), applied
+    to the label's log-probability, or to every class's for a target distribution; ``full``:
+    ``per_element(log_p, log_sum)`` with ``log_sum = sum_k log p_k``, for a loss that reads every class."""
 
+    def loss(input, target, weight=None, ignore_index: int = -100, reduction: str = "mean",
+             label_smoothing: float = 0.0, check: bool = True, **params):
+        targets.check_call(input, target, weight, ignore_index, reduction, label_smoothing)
+        dtype = targets.compute_dtype(input.dtype)
+        tg = targets.read(input, target, weight, ignore_index, label_smoothing, dtype)
+        problems = list(tg.problems) if check else []
+        x = torch.where(tg.counted.unsqueeze(1), input, 0.0)   # ignored elements: finite, no gradient
+        log_probs = torch.log_softmax(x.float() if x.dtype in (torch.float16, torch.bfloat16) else x, dim=1)
+        if tg.dist is None:
+            log_p = log_probs.gather(1, tg.index.unsqueeze(1)).squeeze(1)
+            if check:
+                problems.append(targets.nonfinite_logits(tg.counted & torch.isnan(log_p)))
+            targets.raise_for(problems)
+            log_p = torch.where(tg.counted, log_p, 0.0)
+            extra = (log_probs.sum(1),) if full else ()
+            values = torch.where(tg.counted, per_element(log_p, *extra, **params), 0.0)
+            return targets.reduce(tg.count * values, tg.count, reduction).to(input.dtype)
+        if check:
+            problems.append(targets.nonfinite_logits(tg.counted & torch.isnan(log_probs).any(1)))
+        targets.raise_for(problems)
+        shape = (1, -1) + (1,) * (input.dim() - 2)
+        t = tg.dist if weight is None else tg.dist * weight.to(dtype).view(shape)
+        extra = (log_probs.sum(1, keepdim=True),) if full else ()
+        values = torch.where(t > 0, t * per_element(log_probs, *extra, **params), 0.0).sum(1)
+        return targets.reduce(values, tg.count, reduction).to(input.dtype)
 
-def _closed_form(per_element, full=False):
-    """A functional closed-form loss from ``per_element(log_p) -> loss`` (one definition each);
-    ``full``: ``per_element(log_p, log_probs)``, for a loss that reads every class's probability."""
-
-    def loss(input, target, weight=None, ignore_index: int = -100, reduction: str = "mean", **params):
-        _check_call(input, target, weight, reduction)
-        log_p, safe, counted, *rest = _log_p(input, target, ignore_index, full=full)
-        c = _class_weights(weight, safe, counted, log_p.dtype)
-        values = torch.where(counted, per_element(log_p, *rest, **params), 0.0)
-        return _reduce(c * values, c, reduction).to(input.dtype)
-
+    loss.__name__ = loss.__qualname__ = name
     return loss
 
 
-cce_loss = _closed_form(lambda log_p: -log_p)
-cce_loss.__doc__ = "Categorical cross-entropy, ``-log p``; same values as ``F.cross_entropy`` (0 for an all-ignored mean)."
-mae_loss = _closed_form(lambda log_p: 1 - log_p.exp())
-mae_loss.__doc__ = "Mean absolute error in the DM paper's scaling, ``1 - p`` (the IMAE paper's is twice that)."
-mse_loss = _closed_form(lambda log_p: (1 - log_p.exp()) ** 2)
-mse_loss.__doc__ = "Mean squared error in the DM paper's form, ``(1 - p)^2``."
-_gce = _closed_form(lambda log_p, q: (1 - torch.exp(q * log_p)) / q)
-#: The reverse cross-entropy's log of zero, ``A`` in Wang et al. (ICCV 2019): RCE = -A (1 - p).
-RCE_A = -4.0
-_sce = _closed_form(lambda log_p, alpha, beta: alpha * -log_p + beta * -RCE_A * (1 - log_p.exp()))
-_poly1 = _closed_form(lambda log_p, epsilon: -log_p + epsilon * (1 - log_p.exp()))
-_nce_rce = _closed_form(lambda log_p, log_probs, alpha, beta:
-                        alpha * log_p / log_probs.sum(1) + beta * -RCE_A * (1 - log_p.exp()), full=True)
+_cce = _closed_form(lambda log_p: -log_p, "cce_loss")
+_mae = _closed_form(lambda log_p: 1 - log_p.exp(), "mae_loss")
+_mse = _closed_form(lambda log_p: (1 - log_p.exp()) ** 2, "mse_loss")
+_gce = _closed_form(lambda log_p, q: (1 - torch.exp(q * log_p)) / q, "gce_loss")
+_sce = _closed_form(lambda log_p, alpha, beta: alpha * -log_p + beta * -RCE_A * (1 - log_p.exp()), "sce_loss")
+_poly1 = _closed_form(lambda log_p, epsilon: -log_p + epsilon * (1 - log_p.exp()), "poly1_loss")
+_nce_rce = _closed_form(lambda log_p, log_sum, alpha, beta:
+                        alpha * log_p / log_sum + beta * -RCE_A * (1 - log_p.exp()), "nce_rce_loss", full=True)
+
+_CLOSED_ARGS = """
+    Args:
+        input: logits ``(N, C)`` or ``(N, C, d1, ..., dk)``.
+        target: class indices ``(N)`` or ``(N, d1, ..., dk)``, or class probabilities shaped like ``input``.
+        weight, ignore_index, reduction, label_smoothing: as for ``nn.CrossEntropyLoss``.
+        check: run the data checks (one synchronisation).
+
+    Returns:
+        A scalar, or ``(N, d1, ..., dk)`` for ``reduction='none'``."""
 
 
-def gce_loss(input, target, q: float = 0.7, **kwargs):
-    """Generalised cross-entropy (Zhang & Sabuncu 2018), ``(1 - p^q) / q`` with ``0 < q <= 1``."""
+def cce_loss(input, target, **kwargs):
+    """Categorical cross-entropy, :math:`\\ell(p) = -\\log p`: the values and gradients of
+    ``F.cross_entropy`` (label smoothing and class-probability targets included), except that an
+    all-ignored ``'mean'`` gives 0 rather than NaN.
+    {args}
+
+    Example::
+
+        >>> import torch
+        >>> from dmcore import losses
+        >>> float(losses.cce_loss(torch.zeros(1, 4), torch.tensor([2])))   # log 4
+        1.3862943649291992
+    """
+    return _cce(input, target, **kwargs)
+
+
+def mae_loss(input, target, **kwargs):
+    """Mean absolute error in the DM paper's scaling, :math:`\\ell(p) = 1 - p` (the IMAE paper's
+    :math:`\\lVert e_y - \\mathrm{softmax}\\rVert_1 = 2(1 - p)` is twice that; Ghosh et al., AAAI 2017).
+    {args}
+
+    Example::
+
+        >>> import torch
+        >>> from dmcore import losses
+        >>> float(losses.mae_loss(torch.zeros(1, 4), torch.tensor([2])))
+        0.75
+    """
+    return _mae(input, target, **kwargs)
+
+
+def mse_loss(input, target, **kwargs):
+    """Mean squared error in the DM paper's form, :math:`\\ell(p) = (1 - p)^2`.
+    {args}
+
+    Example::
+
+        >>> import torch
+        >>> from dmcore import losses
+        >>> float(losses.mse_loss(torch.zeros(1, 4), torch.tensor([2])))
+        0.5625
+    """
+    return _mse(input, target, **kwargs)
+
+
+def gce_loss(input, target, q: float = default(edfs.gce, "q"), **kwargs):
+    """Generalised cross-entropy (Zhang & Sabuncu, NeurIPS 2018), :math:`\\ell(p) = (1 - p^q) / q` with
+    ``0 < q <= 1`` (``q -> 0``: CCE; ``q = 1``: MAE).
+    {args}
+
+    Example::
+
+        >>> import torch
+        >>> from dmcore import losses
+        >>> float(losses.gce_loss(torch.zeros(1, 4), torch.tensor([2]), q=1.0))   # MAE
+        0.75
+    """
     return _gce(input, target, q=edfs.check_parameter("q", q, 0, 1, low_open=True), **kwargs)
 
 
@@ -406,27 +338,60 @@ def _alpha_beta(alpha, beta):
     return alpha, beta
 
 
-def sce_loss(input, target, alpha: float = 0.1, beta: float = 1.0, **kwargs):
-    """Symmetric cross-entropy (Wang et al., ICCV 2019), ``alpha (-log p) + beta RCE`` with the reverse
-    cross-entropy ``RCE = -sum_k p_k log e_{y,k} = -A (1 - p)``, ``A = -4``. Its weight is
-    ``2(1 - p)(alpha + 4 beta p)`` (:func:`dmcore.edf.sce`). Defaults: the paper's CIFAR-10 setting."""
+def sce_loss(input, target, alpha: float = default(edfs.sce, "alpha"), beta: float = default(edfs.sce, "beta"),
+             **kwargs):
+    """Symmetric cross-entropy (Wang et al., ICCV 2019), :math:`\\alpha(-\\log p) + \\beta\\,\\mathrm{RCE}` with the
+    reverse cross-entropy ``RCE = -sum_k p_k log e_{y,k} = -A (1 - p)``, ``A = -4``. Its weight is
+    ``2(1 - p)(alpha + 4 beta p)`` (:func:`dmcore.edf.sce`). Defaults: the paper's CIFAR-10 setting.
+    {args}
+
+    Example::
+
+        >>> import torch
+        >>> from dmcore import losses
+        >>> round(float(losses.sce_loss(torch.zeros(1, 4), torch.tensor([2]))), 4)   # 0.1 log 4 + 4 (3/4)
+        3.1386
+    """
     alpha, beta = _alpha_beta(alpha, beta)
     return _sce(input, target, alpha=alpha, beta=beta, **kwargs)
 
 
-def poly1_loss(input, target, epsilon: float = 1.0, **kwargs):
-    """Poly-1 (Leng et al., ICLR 2022), ``-log p + epsilon (1 - p)`` with ``epsilon >= -1``; its weight is
-    ``2(1 - p)(1 + epsilon p)`` (:func:`dmcore.edf.poly1`)."""
+def poly1_loss(input, target, epsilon: float = default(edfs.poly1, "epsilon"), **kwargs):
+    """Poly-1 (Leng et al., ICLR 2022), :math:`-\\log p + \\epsilon(1 - p)` with ``epsilon >= -1``; its weight
+    is ``2(1 - p)(1 + epsilon p)`` (:func:`dmcore.edf.poly1`).
+    {args}
+
+    Example::
+
+        >>> import torch
+        >>> from dmcore import losses
+        >>> round(float(losses.poly1_loss(torch.zeros(1, 4), torch.tensor([2]))), 4)   # log 4 + 3/4
+        2.1363
+    """
     return _poly1(input, target, epsilon=edfs.check_parameter("epsilon", epsilon, -1), **kwargs)
 
 
 def nce_rce_loss(input, target, alpha: float = 1.0, beta: float = 1.0, **kwargs):
-    """The active-passive loss NCE+RCE (Ma et al., ICML 2020): ``alpha NCE + beta RCE`` with the normalised
-    cross-entropy ``NCE = log p_y / sum_k log p_k`` and RCE as in :func:`sce_loss`. NCE reads every
-    class's probability, so its gradient is not a weighting of the CCE direction and it has no
-    weight ``w(p)`` (:func:`dmcore.symbolic.derive` refuses it). Defaults: the paper's CIFAR-10 setting."""
+    """The active-passive loss NCE+RCE (Ma et al., ICML 2020): :math:`\\alpha\\,\\mathrm{NCE} + \\beta\\,\\mathrm{RCE}`
+    with the normalised cross-entropy ``NCE = log p_y / sum_k log p_k`` and RCE as in :func:`sce_loss`.
+    NCE reads every class's probability, so its gradient is not a weighting of the CCE direction and
+    it has no weight ``w(p)`` (:func:`dmcore.symbolic.derive` refuses it). Defaults: the paper's
+    CIFAR-10 setting.
+    {args}
+
+    Example::
+
+        >>> import torch
+        >>> from dmcore import losses
+        >>> float(losses.nce_rce_loss(torch.zeros(1, 4), torch.tensor([2])))   # 1/4 + 4 (3/4)
+        3.25
+    """
     alpha, beta = _alpha_beta(alpha, beta)
     return _nce_rce(input, target, alpha=alpha, beta=beta, **kwargs)
+
+
+for _f in (cce_loss, mae_loss, mse_loss, gce_loss, sce_loss, poly1_loss, nce_rce_loss):
+    _f.__doc__ = _f.__doc__.replace("    {args}", _CLOSED_ARGS)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -434,113 +399,316 @@ def nce_rce_loss(input, target, alpha: float = 1.0, beta: float = 1.0, **kwargs)
 # ----------------------------------------------------------------------------------------------
 
 class _Loss(nn.Module):
-    def __init__(self, weight=None, ignore_index: int = -100, reduction: str = "mean"):
+    """Common arguments, checked when the module is built (the class weight's values included)."""
+
+    def __init__(self, weight=None, ignore_index: int = -100, reduction: str = "mean", label_smoothing: float = 0.0,
+                 check: bool = True):
         super().__init__()
-        if reduction not in REDUCTIONS:
-            raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
+        targets.check_options(ignore_index, reduction, label_smoothing)
+        if weight is not None:
+            targets.check_weight(weight)
+            targets.raise_for(targets.weight_problems(weight))
         self.register_buffer("weight", weight)
-        self.ignore_index = ignore_index
-        self.reduction = reduction
+        self.ignore_index, self.reduction, self.label_smoothing, self.check = \
+            int(ignore_index), reduction, float(label_smoothing), bool(check)
 
     def _common(self):
-        return dict(weight=self.weight, ignore_index=self.ignore_index, reduction=self.reduction)
+        return dict(weight=self.weight, ignore_index=self.ignore_index, reduction=self.reduction,
+                    label_smoothing=self.label_smoothing, check=self.check)
+
+    def extra_repr(self):
+        parts = [f"reduction={self.reduction}"]
+        if self.label_smoothing:
+            parts.append(f"label_smoothing={self.label_smoothing:g}")
+        if not self.check:
+            parts.append("check=False")
+        return ", ".join(parts)
 
 
 class EDFLoss(_Loss):
-    """:func:`edf_loss` as a module: ``EDFLoss(edf.normal(psi=0.7, beta=8))(logits, target)``."""
+    """The loss of an emphasis density function, :func:`edf_loss` as a module (arguments as there).
+
+    Shape: ``input (N, C)`` or ``(N, C, d1, ..., dk)``; ``target (N)``/``(N, d1, ..., dk)`` indices or
+    probabilities shaped like ``input``; output a scalar, or ``(N, d1, ..., dk)`` for ``'none'``.
+
+    Example::
+
+        >>> import torch
+        >>> from dmcore import edf, losses
+        >>> loss = losses.EDFLoss(edf.normal(psi=0.7, beta=8))
+        >>> loss
+        EDFLoss(edf=normal(psi=0.7, beta=8), normalizer=batch, eps=0, impl=auto, reduction=mean)
+        >>> loss(torch.randn(4, 5, requires_grad=True), torch.tensor([0, 1, 2, 3])).requires_grad
+        True
+    """
 
     def __init__(self, edf: EDF, weight=None, ignore_index: int = -100, reduction: str = "mean",
-                 normalizer: str = "batch", sync_normalizer: bool = True, eps: float = 0.0):
-        super().__init__(weight, ignore_index, reduction)
-        _check_eps(eps)
-        if not isinstance(edf, EDF):
-            raise TypeError(f"edf must be a dmcore.edf.EDF, got {type(edf).__name__}")
-        if normalizer not in NORMALIZERS:
-            raise ValueError(f"normalizer must be one of {NORMALIZERS}, got {normalizer!r}")
-        self.edf, self.normalizer, self.sync_normalizer, self.eps = edf, normalizer, sync_normalizer, eps
+                 normalizer: str = "batch", sync_normalizer: bool = True, eps: float = 0.0, label_smoothing: float = 0.0,
+                 process_group=None, check: bool = True, impl: str = "auto"):
+        _check_edf_args(edf, normalizer, eps, impl)
+        if weight is not None and torch.is_tensor(weight) and weight.requires_grad:
+            raise ValueError("weight requires grad, but the EDF losses give class weights no gradient")
+        super().__init__(weight, ignore_index, reduction, label_smoothing, check)
+        self.edf, self.normalizer, self.sync_normalizer, self.eps = edf, normalizer, sync_normalizer, float(eps)
+        self.process_group, self.impl = process_group, impl
 
     def forward(self, input, target):
-        return edf_loss(input, target, self.edf, normalizer=self.normalizer,
-                        sync_normalizer=self.sync_normalizer, eps=self.eps, **self._common())
+        return edf_loss(input, target, self.edf, normalizer=self.normalizer, sync_normalizer=self.sync_normalizer,
+                        eps=self.eps, process_group=self.process_group, impl=self.impl, **self._common())
 
     def extra_repr(self):
-        return f"edf={self.edf.name}, normalizer={self.normalizer}, reduction={self.reduction}, eps={self.eps:g}"
+        return (f"edf={self.edf.name}, normalizer={self.normalizer}, eps={self.eps:g}, impl={self.impl}, "
+                + super().extra_repr())
 
 
 class DMLoss(EDFLoss):
-    """Derivative manipulation with ``w(p) = exp(beta p^lam (1 - p))``: mode ``lam/(lam+1)``, spread ``beta``."""
+    """Derivative manipulation (Wang et al., arXiv:1905.11233) with the EDF :math:`w(p) = \\exp(\\beta p^\\lambda (1-p))`:
+    emphasis mode ``lam / (lam + 1)``, spread ``beta``; :func:`dm_loss` as a module. Keyword arguments
+    as for :class:`EDFLoss`; shapes as there.
 
-    def __init__(self, lam: float = 0.5, beta: float = 8, eps: float = PAPER_EPS, **kwargs):
+    Example::
+
+        >>> from dmcore import losses
+        >>> losses.DMLoss(lam=1, beta=16).edf.mode
+        0.5
+    """
+
+    def __init__(self, lam: float = default(edfs.dm, "lam"), beta: float = default(edfs.dm, "beta"),
+                 eps: float = PAPER_EPS, **kwargs):
         super().__init__(edfs.dm(lam, beta), eps=eps, **kwargs)
 
 
 class IMAELoss(EDFLoss):
-    """IMAE: ``w(p) = exp(T p (1 - p))`` (DM with ``lam = 1, beta = T``)."""
+    """IMAE (Wang et al., arXiv:1903.12141): :math:`w(p) = \\exp(T p (1 - p))` (DM with ``lam = 1, beta = T``);
+    :func:`imae_loss` as a module. Keyword arguments as for :class:`EDFLoss`; shapes as there.
 
-    def __init__(self, T: float = 8, eps: float = PAPER_EPS, **kwargs):
+    Example::
+
+        >>> from dmcore import losses
+        >>> losses.IMAELoss(T=8).edf.name
+        'imae(T=8)'
+    """
+
+    def __init__(self, T: float = default(edfs.imae, "T"), eps: float = PAPER_EPS, **kwargs):
         super().__init__(edfs.imae(T), eps=eps, **kwargs)
 
 
-class CCELoss(_Loss):
-    """Categorical cross-entropy, :func:`cce_loss`."""
+class _ClosedLoss(_Loss):
+    """A closed-form loss as a module; ``edf`` is its natural weight (None where it has none)."""
+
+    function = None
+    params: tuple = ()
 
     def forward(self, input, target):
-        return cce_loss(input, target, **self._common())
+        return type(self).function(input, target, **{k: getattr(self, k) for k in self.params}, **self._common())
+
+    def extra_repr(self):
+        return ", ".join([f"{k}={getattr(self, k):g}" for k in self.params] + [super().extra_repr()])
 
 
-class MAELoss(_Loss):
-    """Mean absolute error ``1 - p``, :func:`mae_loss`."""
+class CCELoss(_ClosedLoss):
+    """Categorical cross-entropy, :func:`cce_loss` as a module (``nn.CrossEntropyLoss``'s values).
 
-    def forward(self, input, target):
-        return mae_loss(input, target, **self._common())
+    Example::
+
+        >>> import torch
+        >>> from dmcore import losses
+        >>> round(float(losses.CCELoss(label_smoothing=0.1)(torch.zeros(1, 4), torch.tensor([2]))), 4)   # log 4
+        1.3863
+    """
+
+    function = staticmethod(cce_loss)
+
+    @property
+    def edf(self):
+        return edfs.cce()
 
 
-class MSELoss(_Loss):
-    """Mean squared error ``(1 - p)^2``, :func:`mse_loss`."""
+class MAELoss(_ClosedLoss):
+    """Mean absolute error ``1 - p``, :func:`mae_loss` as a module.
 
-    def forward(self, input, target):
-        return mse_loss(input, target, **self._common())
+    Example::
+
+        >>> import torch
+        >>> from dmcore import losses
+        >>> float(losses.MAELoss(reduction="sum")(torch.zeros(2, 4), torch.tensor([2, 0])))
+        1.5
+    """
+
+    function = staticmethod(mae_loss)
+
+    @property
+    def edf(self):
+        return edfs.mae()
 
 
-class GCELoss(_Loss):
-    """Generalised cross-entropy ``(1 - p^q) / q``, :func:`gce_loss`."""
+class MSELoss(_ClosedLoss):
+    """Mean squared error ``(1 - p)^2``, :func:`mse_loss` as a module.
 
-    def __init__(self, q: float = 0.7, **kwargs):
+    Example::
+
+        >>> import torch
+        >>> from dmcore import losses
+        >>> losses.MSELoss(reduction="none")(torch.zeros(2, 2), torch.tensor([0, 1])).tolist()
+        [0.25, 0.25]
+    """
+
+    function = staticmethod(mse_loss)
+
+    @property
+    def edf(self):
+        return edfs.mse()
+
+
+class GCELoss(_ClosedLoss):
+    """Generalised cross-entropy ``(1 - p^q) / q``, :func:`gce_loss` as a module.
+
+    Example::
+
+        >>> from dmcore import losses
+        >>> losses.GCELoss(q=0.5)
+        GCELoss(q=0.5, reduction=mean)
+    """
+
+    function, params = staticmethod(gce_loss), ("q",)
+
+    def __init__(self, q: float = default(edfs.gce, "q"), **kwargs):
         super().__init__(**kwargs)
         self.q = edfs.check_parameter("q", q, 0, 1, low_open=True)
 
-    def forward(self, input, target):
-        return gce_loss(input, target, q=self.q, **self._common())
+    @property
+    def edf(self):
+        return edfs.gce(self.q)
 
 
-class SCELoss(_Loss):
-    """Symmetric cross-entropy ``alpha (-log p) + beta RCE``, :func:`sce_loss`."""
+class SCELoss(_ClosedLoss):
+    """Symmetric cross-entropy ``alpha (-log p) + beta RCE``, :func:`sce_loss` as a module.
 
-    def __init__(self, alpha: float = 0.1, beta: float = 1.0, **kwargs):
+    Example::
+
+        >>> from dmcore import losses
+        >>> losses.SCELoss().edf.name
+        'sce(alpha=0.1, beta=1)'
+    """
+
+    function, params = staticmethod(sce_loss), ("alpha", "beta")
+
+    def __init__(self, alpha: float = default(edfs.sce, "alpha"), beta: float = default(edfs.sce, "beta"), **kwargs):
         super().__init__(**kwargs)
         self.alpha, self.beta = _alpha_beta(alpha, beta)
 
-    def forward(self, input, target):
-        return sce_loss(input, target, alpha=self.alpha, beta=self.beta, **self._common())
+    @property
+    def edf(self):
+        return edfs.sce(self.alpha, self.beta)
 
 
-class NCERCELoss(_Loss):
-    """The active-passive loss ``alpha NCE + beta RCE``, :func:`nce_rce_loss`."""
+class NCERCELoss(_ClosedLoss):
+    """The active-passive loss ``alpha NCE + beta RCE``, :func:`nce_rce_loss` as a module; it has no weight
+    ``w(p)`` (``edf`` is None).
 
-    def __init__(self, alpha: float = 1.0, beta: float = 1.0, **kwargs):
+    Example::
+
+        >>> from dmcore import losses
+        >>> losses.NCERCELoss(alpha=1, beta=100).edf is None
+        True
+    """
+
+    function, params = staticmethod(nce_rce_loss), ("alpha", "beta")
+    edf = None
+
+    def __init__(self, alpha: float = default(nce_rce_loss, "alpha"), beta: float = default(nce_rce_loss, "beta"),
+                 **kwargs):
         super().__init__(**kwargs)
         self.alpha, self.beta = _alpha_beta(alpha, beta)
 
-    def forward(self, input, target):
-        return nce_rce_loss(input, target, alpha=self.alpha, beta=self.beta, **self._common())
 
+class Poly1Loss(_ClosedLoss):
+    """Poly-1 ``-log p + epsilon (1 - p)``, :func:`poly1_loss` as a module.
 
-class Poly1Loss(_Loss):
-    """Poly-1 ``-log p + epsilon (1 - p)``, :func:`poly1_loss`."""
+    Example::
 
-    def __init__(self, epsilon: float = 1.0, **kwargs):
+        >>> from dmcore import losses
+        >>> losses.Poly1Loss(epsilon=2).edf.mode
+        0.25
+    """
+
+    function, params = staticmethod(poly1_loss), ("epsilon",)
+
+    def __init__(self, epsilon: float = default(edfs.poly1, "epsilon"), **kwargs):
         super().__init__(**kwargs)
         self.epsilon = edfs.check_parameter("epsilon", epsilon, -1)
 
-    def forward(self, input, target):
-        return poly1_loss(input, target, epsilon=self.epsilon, **self._common())
+    @property
+    def edf(self):
+        return edfs.poly1(self.epsilon)
+
+
+# ----------------------------------------------------------------------------------------------
+# Losses by name: the grammar the sweeps, the records and the command line use
+# ----------------------------------------------------------------------------------------------
+
+def _edf_family(constructor):
+    def build(eps: float = PAPER_EPS, **params):
+        return EDFLoss(constructor(**params), eps=eps)
+    build.__signature__ = inspect.signature(constructor).replace(parameters=[
+        *inspect.signature(constructor).parameters.values(),
+        inspect.Parameter("eps", inspect.Parameter.KEYWORD_ONLY, default=PAPER_EPS)])
+    return build
+
+
+#: Each name and what it builds; the parameters and their defaults are read from the signatures.
+_NAMED = {"cce": CCELoss, "mae": MAELoss, "mse": MSELoss, "gce": GCELoss, "sce": SCELoss, "nce+rce": NCERCELoss,
+          "poly1": Poly1Loss, "imae": IMAELoss, "dm": DMLoss, "normal": _edf_family(edfs.normal),
+          "exponential": _edf_family(edfs.exponential), "beta": _edf_family(edfs.beta_density)}
+_NATURAL = {"cce": edfs.cce, "mae": edfs.mae, "mse": edfs.mse, "gce": edfs.gce}   # also with -dn
+
+
+def _parameters(build) -> dict:
+    """A loss's own parameters and their defaults (a module's from its own ``__init__``, if any)."""
+    if isinstance(build, type):
+        if "__init__" not in vars(build):
+            return {}
+        build = build.__init__
+    return {k: float(v.default) for k, v in inspect.signature(build).parameters.items()
+            if k not in ("self", "kwargs")}
+
+
+def names() -> list[str]:
+    """Every loss name :func:`from_name` takes (without parameters)."""
+    return list(_NAMED) + [n + "-dn" for n in _NATURAL]
+
+
+def from_name(text: str) -> nn.Module:
+    """A loss module by name, parameters after a colon: ``cce``, ``mae``, ``mse``, ``gce[:q=...]``,
+    ``sce[:alpha=...,beta=...]``, ``nce+rce[:alpha=...,beta=...]``, ``poly1[:epsilon=...]``; the EDF
+    losses ``imae[:T=...]``, ``dm[:lam=...,beta=...]``, ``normal[:psi=...,beta=...]``,
+    ``exponential[:beta=...]``, ``beta[:alpha=...,eta=...]`` (the beta-density EDF), each with ``eps``
+    (default the paper's code's, 1e-6); or a natural weight with derivative normalisation (the
+    papers' "-DN"): ``cce-dn``, ``mae-dn``, ``mse-dn``, ``gce-dn[:q=...]`` (``eps = 0``).
+
+    >>> from_name("dm:lam=1,beta=16")
+    DMLoss(edf=dm(lam=1, beta=16), normalizer=batch, eps=1e-06, impl=auto, reduction=mean)
+    """
+    name, _, args = text.strip().partition(":")
+    dn = name.endswith("-dn")
+    base = name[:-3] if dn else name
+    if base not in _NAMED or (dn and base not in _NATURAL):
+        raise ValueError(f"unknown loss {text!r}: expected one of {', '.join(names())}")
+    build = _NATURAL[base] if dn else _NAMED[base]
+    params = _parameters(build)
+    if dn:
+        params["eps"] = 0.0
+    for item in filter(None, args.split(",")):
+        key, _, value = item.partition("=")
+        if key not in params:
+            raise ValueError(f"loss {name} has no parameter {key!r}; it takes {sorted(params) or 'none'}")
+        try:
+            params[key] = float(value)
+        except ValueError:
+            raise ValueError(f"loss parameter {key} must be a number, got {value!r}") from None
+    if "eps" in params and params["eps"] < 0:
+        raise ValueError(f"loss parameter eps must be >= 0, got {params['eps']:g}")
+    if dn:
+        eps = params.pop("eps")
+        return EDFLoss(build(**params), eps=eps)
+    return build(**params)

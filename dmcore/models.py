@@ -10,7 +10,7 @@ statistics, so many copies of the network can be trained together with ``torch.f
 
 :meth:`MNIST1DCNN.forward_stacked` computes ``R`` copies at once from stacked parameters (as
 ``torch.func.stack_module_state`` makes them), each on its own inputs: on CPU in float32 the whole
-network, forward and backward, in a compiled kernel (:func:`dmcore.kernels.cnn1d`) that carries each
+network, forward and backward, in a compiled kernel (:mod:`dmcore.kernels.cnn1d_cpu`) that carries each
 example through every layer in cache; elsewhere as batched matrix products in PyTorch ops.
 
 The CIFAR ResNets are those of He et al. (CVPR 2016, section 4.2): 3 stages of ``n`` basic blocks
@@ -19,14 +19,13 @@ with 16, 32, 64 channels and identity shortcuts padded with zeros ("option A"), 
 
 from __future__ import annotations
 
-import ctypes
 import re
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from . import kernels
+from .kernels.cnn1d_cpu import CNN_PARAMS, CNNKernel, StackedCNN
 
 __all__ = ["MNIST1DCNN", "MLP", "CifarResNet", "resnet20", "resnet44", "resnet56", "build"]
 
@@ -73,13 +72,13 @@ class MNIST1DCNN(nn.Module):
         ``x (R, B, 40)``, one batch per copy (an ``expand``-ed ``x`` is read once for all copies);
         returns logits ``(R, B, num_classes)``. Equals ``forward`` of each copy on its batch (tested);
         ``self`` supplies only the architecture. On CPU in float32 the whole network, forward and
-        backward, runs in :func:`dmcore.kernels.cnn1d` (:class:`_StackedCNN`); elsewhere, and where
+        backward, runs in :mod:`dmcore.kernels.cnn1d_cpu` (:class:`StackedCNN`); elsewhere, and where
         the input itself needs a gradient, in PyTorch ops (:func:`_conv_layer_norm_relu`)."""
-        kernel = _CNNKernel.get(self, x)
+        kernel = CNNKernel.get(self, x)
         if kernel is not None:
-            flat = [params[name] for name in _CNN_PARAMS]
+            flat = [params[name] for name in CNN_PARAMS]
             if torch.is_grad_enabled() and any(p.requires_grad for p in flat):
-                return _StackedCNN.apply(x, kernel, *flat)
+                return StackedCNN.apply(x, kernel, *flat)
             with torch.no_grad():
                 return kernel.forward(x, flat)[0]
         runs, batch = x.shape[0], x.shape[1]
@@ -104,113 +103,6 @@ def _conv_layer_norm_relu(h, weight, bias, gamma, beta, spec):
     if gamma is not None:
         out = F.layer_norm(out, out.shape[-1:]) * gamma.unsqueeze(1) + beta.unsqueeze(1)
     return out.relu().view(runs, batch, length, -1)
-
-
-# the stacked parameters in the order the kernel takes them: per layer conv weight, conv bias, LayerNorm
-# weight and bias; then the linear layer's weight and bias
-_CNN_PARAMS = [f"{module}.{i}.{name}" for i in range(3)
-               for module, name in (("convs", "weight"), ("convs", "bias"), ("norms", "weight"), ("norms", "bias"))]
-_CNN_PARAMS += ["linear.weight", "linear.bias"]
-
-
-class _CNNKernel:
-    """The compiled whole-network kernel (``dmcore/kernels/cnn1d_cpu.c``) for one architecture.
-
-    :meth:`get` returns it where it applies (CPU, float32, LayerNorm, every convolution with the same
-    number of channels, the kernel built) and None otherwise."""
-
-    _cache: dict = {}
-
-    def __init__(self, lib, spec: list[int]):
-        self.lib = lib
-        self.spec = (ctypes.c_int64 * len(spec))(*spec)
-        sizes = (ctypes.c_int64 * 5)()
-        lib.cnn_sizes(self.spec, sizes)
-        self.saved_per_group, self.group, self.parts = sizes[0], sizes[2], sizes[3]
-        self.num_classes = spec[3]
-
-    @classmethod
-    def get(cls, model: "MNIST1DCNN", x: torch.Tensor):
-        if x.device.type != "cpu" or x.dtype != torch.float32 or x.requires_grad:
-            return None
-        if not all(isinstance(n, nn.LayerNorm) for n in model.norms):
-            return None
-        channels = model.convs[0].out_channels
-        if any(c.out_channels != channels for c in model.convs):
-            return None
-        lib = kernels.cnn1d()
-        if lib is None:
-            return None
-        spec = [model.length, 1, channels, model.linear.out_features]
-        for conv in model.convs:
-            spec += [conv.kernel_size[0], conv.stride[0], conv.padding[0]]
-        key = tuple(spec)
-        if key not in cls._cache:
-            cls._cache[key] = cls(lib, spec)
-        return cls._cache[key]
-
-    @staticmethod
-    def _pointers(tensors):
-        return (ctypes.c_void_p * len(tensors))(*[t.data_ptr() for t in tensors])
-
-    @staticmethod
-    def _input(x):
-        """``x (R, B, L)`` -> (a contiguous base, the elements between copies: 0 for an expanded ``x``)."""
-        if x.stride(0) == 0:
-            return x[0].contiguous(), 0
-        x = x.contiguous()
-        return x, x[0].numel()
-
-    def forward(self, x, params, keep=False):
-        """``(logits (R, B, K), saved activations or None)``; ``params`` in :data:`_CNN_PARAMS` order."""
-        runs, batch = x.shape[0], x.shape[1]
-        raw = [p.detach().contiguous() for p in params]
-        base, run_stride = self._input(x)
-        logits = torch.empty(runs, batch, self.num_classes)
-        groups = -(-batch // self.group)
-        saved = torch.empty(runs, groups, self.saved_per_group) if keep else None
-        ok = self.lib.cnn_forward(base.data_ptr(), run_stride, self._pointers(raw), runs, batch, self.spec,
-                                  logits.data_ptr(), None if saved is None else saved.data_ptr(),
-                                  torch.get_num_threads())
-        if not ok:
-            raise MemoryError("dmcore's CNN kernel could not allocate its buffers")
-        return logits, saved
-
-    def backward(self, x, params, saved, grad):
-        """The gradients of ``params`` (in :data:`_CNN_PARAMS` order) for ``grad = dLoss/dlogits``."""
-        runs, batch = x.shape[0], x.shape[1]
-        raw = [p.detach().contiguous() for p in params]
-        base, run_stride = self._input(x)
-        grad = grad.contiguous()
-        parts = torch.empty(runs, self.parts, sum(p[0].numel() for p in raw))
-        grads = [torch.empty(p.shape) for p in raw]
-        ok = self.lib.cnn_backward(base.data_ptr(), run_stride, self._pointers(raw), saved.data_ptr(),
-                                   grad.data_ptr(), runs, batch, self.spec, parts.data_ptr(),
-                                   self._pointers(grads), torch.get_num_threads())
-        if not ok:
-            raise MemoryError("dmcore's CNN kernel could not allocate its buffers")
-        return grads
-
-
-class _StackedCNN(torch.autograd.Function):
-    """R stacked MNIST-1D CNNs, float32 on CPU, forward and backward in the compiled kernel:
-    ``x (R, B, L)`` and the parameters in :data:`_CNN_PARAMS` order (each ``(R, *shape)``) ->
-    logits ``(R, B, K)``. The forward pass saves each example's normalised rows and their 1/std;
-    the backward pass recomputes the activations from them. A copy's gradients are summed over its
-    batch in a fixed order, so they do not depend on the other copies (tested bitwise) nor on the
-    number of threads."""
-
-    @staticmethod
-    def forward(ctx, x, kernel, *params):
-        logits, saved = kernel.forward(x, params, keep=True)
-        ctx.save_for_backward(x, saved, *params)
-        ctx.kernel = kernel
-        return logits
-
-    @staticmethod
-    def backward(ctx, grad):
-        x, saved, *params = ctx.saved_tensors
-        return (None, None, *ctx.kernel.backward(x, params, saved, grad))
 
 
 class MLP(nn.Module):

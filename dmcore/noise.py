@@ -34,7 +34,8 @@ from dataclasses import dataclass
 
 import torch
 
-__all__ = ["NoisyLabels", "symmetric", "pair", "class_dependent", "from_transition", "CIFAR10_MAP", "MNIST_MAP"]
+__all__ = ["NoisyLabels", "symmetric", "pair", "class_dependent", "from_transition", "by_name", "SCHEMES", "CIFAR10_MAP",
+           "MNIST_MAP"]
 
 #: CIFAR-10 (airplane 0, automobile 1, bird 2, cat 3, deer 4, dog 5, frog 6, horse 7, ship 8, truck 9).
 CIFAR10_MAP = {9: 1, 2: 0, 4: 7, 3: 5, 5: 3}
@@ -152,3 +153,22 @@ def class_dependent(labels, rate: float, mapping: dict[int, int], num_classes: i
 def pair(labels, rate: float, num_classes: int, seed: int = 0) -> NoisyLabels:
     """Pair-flip noise: exactly ``round(rate * N_c)`` labels of class ``c`` become ``(c + 1) mod C``."""
     return class_dependent(labels, rate, {c: (c + 1) % num_classes for c in range(num_classes)}, num_classes, seed)
+
+
+#: The schemes :func:`by_name` knows.
+SCHEMES = ("symmetric", "symmetric-keep", "pair", "mnist-map", "cifar10-map")
+
+
+def by_name(labels, scheme: str, rate: float, num_classes: int, seed: int) -> NoisyLabels:
+    """Noisy labels by the scheme's name, as the sweeps and records name them: ``symmetric``,
+    ``symmetric-keep`` (may keep the true class), ``pair``, or the class-dependent maps ``mnist-map``
+    (:data:`MNIST_MAP`) and ``cifar10-map`` (:data:`CIFAR10_MAP`)."""
+    if scheme == "symmetric":
+        return symmetric(labels, rate, num_classes, seed=seed)
+    if scheme == "symmetric-keep":
+        return symmetric(labels, rate, num_classes, seed=seed, keep_true=True)
+    if scheme == "pair":
+        return pair(labels, rate, num_classes, seed=seed)
+    if scheme in ("mnist-map", "cifar10-map"):
+        return class_dependent(labels, rate, MNIST_MAP if scheme == "mnist-map" else CIFAR10_MAP, num_classes, seed=seed)
+    raise ValueError(f"unknown noise scheme {scheme!r}: expected one of {', '.join(SCHEMES)}")

@@ -27,7 +27,6 @@ import json
 import math
 import os
 import pathlib
-import re
 import sys
 from dataclasses import asdict
 
@@ -45,23 +44,7 @@ HISTORY_COLUMNS = ["run_id", "step", "test_acc", "fit_clean", "fit_noisy", "nois
                    "weight_mean", "weight_var", "logit_range", "val_acc", "val_acc_noisy", "test_ece"]
 
 
-def load_dataset(name: str) -> data.Dataset:
-    """``mnist1d`` (4000 training sequences), ``mnist1d-40k`` (40,000 freshly generated training sequences,
-    the same test set: :func:`dmcore.data.mnist1d_large`) or ``digits``, optionally long-tailed (``-lt10``:
-    ratio 10) and with a validation split held out of the training split (``-val0.2``: 20%), in that
-    order: ``mnist1d-lt10-val0.2``."""
-    match = re.fullmatch(r"(mnist1d|digits)(?:-([1-9][0-9]*)k)?(?:-lt([0-9.]+))?(?:-val([0-9.]+))?", name)
-    if not match or (match.group(2) and match.group(1) != "mnist1d"):
-        raise ValueError(f"unknown dataset {name!r}: expected mnist1d, mnist1d-40k or digits, e.g. mnist1d, "
-                         "mnist1d-lt10, digits-val0.2")
-    base, thousands, ratio, fraction = match.groups()
-    if base == "digits":
-        dataset = data.digits()
-    else:
-        dataset = data.mnist1d_large(1000 * int(thousands)) if thousands else data.mnist1d()
-    if ratio:
-        dataset = data.long_tailed(dataset, float(ratio))
-    return data.with_validation(dataset, float(fraction)) if fraction else dataset
+load_dataset = data.by_name
 
 
 def grid(losses: list[str], noise: list[tuple[str, list[float]]], seeds: int) -> list[train.Run]:
@@ -108,12 +91,14 @@ def _columns(rows: list[dict], first: list[str]) -> list[str]:
 
 
 def run_sweep(out, dataset: str, model: str, runs: list[train.Run], protocol: train.Protocol,
-              device: str = "cpu", chunk: int = 0, progress: bool | None = None, trainer=None) -> list[dict]:
+              device: str = "cpu", chunk: int = 0, progress: bool | None = None, trainer=None,
+              data_dir=None) -> list[dict]:
     """Train the runs of ``runs`` not yet in ``out/runs.csv``, ``chunk`` at a time (0: all at once).
 
     Returns the rows of ``runs.csv``. ``progress``: show a progress bar (default: when standard
     error is a terminal). ``trainer``: the function that trains a chunk, with the signature and
-    results of :func:`dmcore.train.train_runs` (the default).
+    results of :func:`dmcore.train.train_runs` (the default). ``data_dir``: where a dataset read from
+    files is (:func:`dmcore.data.by_name`).
     """
     out = pathlib.Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -136,7 +121,7 @@ def run_sweep(out, dataset: str, model: str, runs: list[train.Run], protocol: tr
     pending = [r for r in runs if r.run_id not in done]
     if not pending:
         return done_rows
-    ds = load_dataset(dataset)
+    ds = data.by_name(dataset, data_dir)
     trainer = trainer or train.train_runs
     size = chunk or len(pending)
     chunks = [pending[i:i + size] for i in range(0, len(pending), size)]

@@ -80,6 +80,17 @@ class Protocol:
     milestones: tuple[float, ...] = (0.5, 0.75)
     eval_every: int = 250
 
+    def __post_init__(self):
+        for name in ("steps", "batch_size", "eval_every"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"Protocol.{name} must be a whole number >= 1, got {value!r}")
+        edfs.check_parameter("Protocol.lr", self.lr, 0, low_open=True)
+        edfs.check_parameter("Protocol.momentum", self.momentum, 0, 1)
+        edfs.check_parameter("Protocol.weight_decay", self.weight_decay, 0)
+        for m in self.milestones:
+            edfs.check_parameter("a Protocol milestone", m, 0, 1)
+
 
 @dataclass(frozen=True)
 class Run:
@@ -104,73 +115,32 @@ class Run:
 
 @dataclass(frozen=True)
 class LossSpec:
-    """A parsed loss: its name, its per-element function, and the EDF whose weights it applies."""
+    """A loss by name (:func:`dmcore.losses.from_name`): its module and the weight ``w(p)`` it applies."""
 
     name: str
-    weight: edfs.EDF | None           # None: no weight w(p) (nce+rce reads the whole softmax)
-    edf_path: bool                    # True: EDF loss normalised by the batch sum of weights
-    closed: object = field(default=None, compare=False)
-    eps: float = 0.0                  # the EDF path's 2 - 2p + eps (dmcore.losses)
+    loss: object = field(compare=False)     # the nn.Module, called on each run's (B, C) batch
 
+    @property
+    def weight(self) -> edfs.EDF | None:
+        """The EDF whose weights the loss applies (None for nce+rce, which reads the whole softmax)."""
+        return self.loss.edf
 
-_DEFAULTS = {"gce": {"q": 0.7}, "sce": {"alpha": 0.1, "beta": 1.0}, "nce+rce": {"alpha": 1.0, "beta": 1.0},
-             "poly1": {"epsilon": 1.0}, "imae": {"T": 8.0, "eps": losses.PAPER_EPS},
-             "dm": {"lam": 0.5, "beta": 8.0, "eps": losses.PAPER_EPS},
-             "normal": {"psi": 0.5, "beta": 8.0, "eps": losses.PAPER_EPS},
-             "exponential": {"beta": 1.0, "eps": losses.PAPER_EPS},
-             "beta": {"alpha": 2.0, "eta": 2.0, "eps": losses.PAPER_EPS}}
-_NATURAL = ("cce", "mae", "mse", "gce")               # closed-form losses that also take -dn
-_EDF_ONLY = ("imae", "dm", "normal", "exponential", "beta")
-_CLOSED = {"cce": losses.cce_loss, "mae": losses.mae_loss, "mse": losses.mse_loss, "gce": losses.gce_loss,
-           "sce": losses.sce_loss, "nce+rce": losses.nce_rce_loss, "poly1": losses.poly1_loss}
-_WEIGHTS = {"beta": edfs.beta_density}                # EDF constructors whose name differs from the loss's
+    @property
+    def edf_path(self) -> bool:
+        """True for an EDF loss (normalised by the batch sum of weights)."""
+        return isinstance(self.loss, losses.EDFLoss)
+
+    @property
+    def eps(self) -> float:
+        return getattr(self.loss, "eps", 0.0)
 
 
 def parse_loss(text: str) -> LossSpec:
-    """A loss by name, parameters after a colon: ``cce``, ``mae``, ``mse``, ``gce[:q=...]``,
-    ``sce[:alpha=...,beta=...]``, ``nce+rce[:alpha=...,beta=...]``, ``poly1[:epsilon=...]``; the EDF
-    losses ``imae[:T=...]``, ``dm[:lam=...,beta=...]``, ``normal[:psi=...,beta=...]``,
-    ``exponential[:beta=...]``, ``beta[:alpha=...,eta=...]`` (the beta-density EDF), each with ``eps``;
-    or a natural weight with derivative normalisation: ``cce-dn``, ``mae-dn``, ``mse-dn``, ``gce-dn``."""
-    name, _, args = text.strip().partition(":")
-    dn = name.endswith("-dn")
-    base = name[:-3] if dn else name
-    if (base not in _CLOSED and base not in _EDF_ONLY) or (dn and base not in _NATURAL):
-        raise ValueError(f"unknown loss {text!r}: expected one of {', '.join(list(_CLOSED) + list(_EDF_ONLY))}, "
-                         f"or {', '.join(n + '-dn' for n in _NATURAL)}")
-    params = dict(_DEFAULTS.get(base, {}))
-    for item in filter(None, args.split(",")):
-        key, _, value = item.partition("=")
-        if key not in params:
-            raise ValueError(f"loss {base} has no parameter {key!r}; it takes {sorted(params) or 'none'}")
-        try:
-            params[key] = float(value)
-        except ValueError:
-            raise ValueError(f"loss parameter {key} must be a number, got {value!r}") from None
-    eps = params.pop("eps", 0.0)
-    if eps < 0:
-        raise ValueError(f"loss parameter eps must be >= 0, got {eps:g}")
-    weight = None if base == "nce+rce" else _WEIGHTS.get(base, getattr(edfs, base))(**params)
-    if base in _EDF_ONLY or dn:
-        return LossSpec(text, weight, True, eps=eps)
-    closed = _CLOSED[base]
-    return LossSpec(text, weight, False, lambda x, t, **kw: closed(x, t, **params, **kw))
+    """A loss by name, parameters after a colon (the grammar of :func:`dmcore.losses.from_name`)."""
+    return LossSpec(text, losses.from_name(text))
 
 
-def noisy_labels(labels: torch.Tensor, scheme: str, rate: float, num_classes: int, seed: int) -> noise.NoisyLabels:
-    """Noisy training labels: ``symmetric``, ``symmetric-keep`` (may keep the true class), ``pair``, or the
-    class-dependent maps of Patrini et al. (CVPR 2017) for MNIST digits (``mnist-map``: 2 -> 7, 3 -> 8,
-    5 <-> 6, 7 -> 1) and CIFAR-10 (``cifar10-map``), see :mod:`dmcore.noise`."""
-    if scheme == "symmetric":
-        return noise.symmetric(labels, rate, num_classes, seed=seed)
-    if scheme == "symmetric-keep":
-        return noise.symmetric(labels, rate, num_classes, seed=seed, keep_true=True)
-    if scheme == "pair":
-        return noise.pair(labels, rate, num_classes, seed=seed)
-    if scheme in ("mnist-map", "cifar10-map"):
-        mapping = noise.MNIST_MAP if scheme == "mnist-map" else noise.CIFAR10_MAP
-        return noise.class_dependent(labels, rate, mapping, num_classes, seed=seed)
-    raise ValueError(f"unknown noise scheme {scheme!r}: expected symmetric, symmetric-keep, pair, mnist-map or cifar10-map")
+noisy_labels = noise.by_name
 
 
 def _group_loss(spec: LossSpec, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -182,7 +152,7 @@ def _group_loss(spec: LossSpec, logits: torch.Tensor, target: torch.Tensor) -> t
     EDF losses normalise by the run's own batch sum of weights (``reduction='mean'``)."""
     total = logits.new_zeros(())
     for x, t in zip(logits, target):
-        total = total + (losses.edf_loss(x, t, spec.weight, eps=spec.eps) if spec.edf_path else spec.closed(x, t))
+        total = total + spec.loss(x, t)
     return total
 
 
@@ -201,9 +171,14 @@ def _stacked(base, shared_input=False):
 
 @torch.no_grad()
 def _evaluate(base, params, buffers, x, chunk=1000):
-    """Logits of every run on ``x`` (shared by all runs): ``(R, N, C)``."""
+    """Logits of every run on ``x`` (shared by all runs): ``(R, N, C)``, in eval mode (BatchNorm uses
+    its running statistics and leaves them alone)."""
     call = _stacked(base, shared_input=True)
-    return torch.cat([call(params, buffers, x[i:i + chunk]) for i in range(0, len(x), chunk)], dim=1)
+    base.eval()
+    try:
+        return torch.cat([call(params, buffers, x[i:i + chunk]) for i in range(0, len(x), chunk)], dim=1)
+    finally:
+        base.train()
 
 
 def _metrics(specs, logits_train, logits_test, observed, clean, noisy_mask, y_test, logits_val=None, val_observed=None,
@@ -251,11 +226,12 @@ def expected_calibration_error(logits: torch.Tensor, labels: torch.Tensor, bins:
     return float(gap.abs().sum() / len(labels))
 
 
-def _keep_freed_memory() -> None:
+def keep_freed_memory() -> None:
     """Ask glibc to keep freed memory for reuse (``mallopt``: no trimming, no ``mmap`` below 1 GiB).
     Each step allocates and frees tens of MB; by default glibc hands them back to the system and
     the next step page-faults them in again (measured: 25 s instead of 29 s per 500 steps of 75
-    runs). The setting lasts for the process; where there is no glibc, nothing changes."""
+    runs). The setting lasts for the process, so only the command line (``python -m dmcore``) makes it,
+    never :func:`train_runs`; where there is no glibc, nothing changes."""
     try:
         libc = ctypes.CDLL("libc.so.6")
         libc.mallopt(-1, 1 << 30)   # M_TRIM_THRESHOLD
@@ -287,8 +263,6 @@ def train_runs(model: str, dataset: Dataset, runs: list[Run], protocol: Protocol
                 done[result["run_id"]] = result
         return [done[r.run_id] for r in runs]
     protocol = replace(protocol, lr=rates[0])
-    if torch.device(device).type == "cpu":
-        _keep_freed_memory()
     specs = [parse_loss(r.loss) for r in runs]
     device = torch.device(device)
     x_train = dataset.x_train.to(device, dtype)
@@ -296,6 +270,9 @@ def train_runs(model: str, dataset: Dataset, runs: list[Run], protocol: Protocol
     y_test = dataset.y_test.to(device)
     num_train = len(x_train)
     in_features = x_train[0].numel()
+    if protocol.batch_size > num_train:
+        raise ValueError(f"batch size {protocol.batch_size} is larger than the training split of {dataset.name} "
+                         f"({num_train} examples)")
 
     noisy = [noisy_labels(dataset.y_train, r.noise, r.rate, dataset.num_classes, r.seed) for r in runs]
     observed = torch.stack([n.labels for n in noisy]).to(device)
@@ -308,9 +285,10 @@ def train_runs(model: str, dataset: Dataset, runs: list[Run], protocol: Protocol
                                                  r.seed + 100003).labels for r in runs]).to(device)
 
     nets = []
-    for r in runs:
-        torch.manual_seed(r.seed)
-        nets.append(models.build(model, dataset.num_classes, in_features).to(device, dtype))
+    with torch.random.fork_rng(devices=[]):   # the caller's random state is left as it was
+        for r in runs:
+            torch.manual_seed(r.seed)
+            nets.append(models.build(model, dataset.num_classes, in_features).to(device, dtype))
     params, buffers = stack_module_state(nets)
     params = {k: v.detach().requires_grad_() for k, v in params.items()}
     base = copy.deepcopy(nets[0]).to("meta")

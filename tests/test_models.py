@@ -3,6 +3,7 @@
 import pytest
 import torch
 
+from dmcore.kernels.cnn1d_cpu import CNNKernel
 from dmcore import models
 
 
@@ -122,7 +123,7 @@ def test_cnn_kernel_against_float64(channels, classes, length, runs, batch, shar
     x = torch.randn(batch, length, generator=gen).expand(runs, batch, length) if shared else \
         torch.randn(runs, batch, length, generator=gen)
     upstream = torch.randn(runs, batch, classes, generator=gen)
-    assert models._CNNKernel.get(nets[0], x) is not None
+    assert CNNKernel.get(nets[0], x) is not None
     ours = nets[0].forward_stacked(p32, x)
     (ours * upstream).sum().backward()
     ref = nets[0].forward_stacked(p64, x.double())
@@ -167,7 +168,7 @@ def test_cnn_without_layer_norm_takes_the_pytorch_path():
     nets, params = _stacked_copies(2, torch.float32)
     plain = models.MNIST1DCNN(norm=False)
     x = torch.randn(2, 5, 40)
-    assert models._CNNKernel.get(plain, x) is None and models._CNNKernel.get(nets[0], x.double()) is None
+    assert CNNKernel.get(plain, x) is None and CNNKernel.get(nets[0], x.double()) is None
     params = {k: v for k, v in params.items() if not k.startswith("norms")}
     out = plain.forward_stacked(params, x)
     for r, net in enumerate(nets):

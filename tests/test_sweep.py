@@ -105,6 +105,8 @@ def test_dataset_names():
     both = sweep.load_dataset("digits-lt5-val0.2")
     assert len(both.y_train) + len(both.y_val) == len(lt.y_train)
     assert sweep.load_dataset("mnist1d-2k-val0.5").name == "mnist1d-2k-val0.5"
-    for bad in ("cifar10", "digits-val", "digits-val0.2-lt5", "digits-40k", "mnist1d-0k"):
+    with pytest.raises(ValueError, match="dataset cifar10 is read from files: give the folder"):
+        sweep.load_dataset("cifar10")
+    for bad in ("cifar5", "digits-val", "digits-val0.2-lt5", "digits-40k", "mnist1d-0k"):
         with pytest.raises(ValueError, match="unknown dataset"):
             sweep.load_dataset(bad)

@@ -1,11 +1,15 @@
-"""Compiled CPU fast paths; the PyTorch code beside each caller is the reference.
+"""Compiled CPU fast paths, each C source beside its Python driver; PyTorch is the reference.
 
-:func:`cpu` (``edf_cpu.c``: the EDF losses, :mod:`dmcore.losses`) and :func:`cnn1d`
-(``cnn1d_cpu.c``: many copies of the MNIST-1D CNN, forward and backward, :mod:`dmcore.models`) compile
-their source with the system C compiler on first use (about a second), cache the shared library
-per user under ``$DMCORE_CACHE`` (default ``~/.cache/dmcore``) keyed by the source, the flags and
-the compiler, and load it with ctypes. They return None, and the callers use their PyTorch path,
-when ``DMCORE_CPU_KERNEL=0`` or when no compiler is available.
+- ``edf_cpu.c`` with :mod:`dmcore.kernels.edf_cpu`: the EDF losses' value and gradient
+  (:mod:`dmcore.losses`, ``impl='c'``).
+- ``cnn1d_cpu.c`` with :mod:`dmcore.kernels.cnn1d_cpu`: many copies of the MNIST-1D CNN, forward and
+  backward (:mod:`dmcore.models`).
+
+:func:`cpu` and :func:`cnn1d` compile their source with the system C compiler on first use (about a
+second), cache the shared library per user under ``$DMCORE_CACHE`` (default ``~/.cache/dmcore``)
+keyed by the source, the flags and the compiler, and load it with ctypes. They return None, and the
+callers take their PyTorch path, when ``DMCORE_CPU_KERNEL=0`` (the default of ``impl='auto'``) or
+when the kernel cannot be built; the latter is reported once with a warning that says why.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ import pathlib
 import shutil
 import subprocess
 import tempfile
+import warnings
 
 import torch
 
@@ -47,15 +52,22 @@ def _cache_dir() -> pathlib.Path:
         return fallback
 
 
+def _unavailable(name: str, why: str) -> None:
+    warnings.warn(f"dmcore: the compiled kernel {name} is not available ({why}); the PyTorch path is used instead",
+                  RuntimeWarning, stacklevel=3)
+
+
 def _build(name: str) -> ctypes.CDLL | None:
     source = _HERE / f"{name}.c"
     compiler = os.environ.get("CC") or shutil.which("gcc") or shutil.which("cc")
     if compiler is None:
+        _unavailable(name, "no C compiler: set CC or install gcc")
         return None
     flags = _flags(name)
     try:
         version = subprocess.run([compiler, "--version"], capture_output=True, text=True, timeout=60).stdout
-    except (OSError, subprocess.SubprocessError):
+    except (OSError, subprocess.SubprocessError) as error:
+        _unavailable(name, f"{compiler} --version failed: {error}")
         return None
     key = hashlib.sha256("\0".join([source.read_text(), " ".join(flags), version]).encode()).hexdigest()[:16]
     target = _cache_dir() / f"{name}-{key}.so"
@@ -65,39 +77,43 @@ def _build(name: str) -> ctypes.CDLL | None:
         result = subprocess.run([compiler, *flags, str(source), "-o", scratch, "-lm"], capture_output=True, text=True)
         if result.returncode != 0:
             os.unlink(scratch)
+            _unavailable(name, f"{compiler} failed: {result.stderr.strip()[:500]}")
             return None
         os.replace(scratch, target)  # atomic: concurrent builders all end with a complete file
-    lib = ctypes.CDLL(str(target))
-    for function, argtypes in _SIGNATURES[name].items():
+    try:
+        lib = ctypes.CDLL(str(target))
+    except OSError as error:
+        _unavailable(name, f"could not load {target}: {error}")
+        return None
+    for function, (restype, argtypes) in _signatures(name).items():
         getattr(lib, function).argtypes = argtypes
-        getattr(lib, function).restype = _RESTYPES.get(function)
+        getattr(lib, function).restype = restype
     return lib
 
 
-_i64, _ptr, _f32, _int = ctypes.c_int64, ctypes.c_void_p, ctypes.c_float, ctypes.c_int
-_SIGNATURES = {
-    "edf_cpu": {"edf_forward_f32": [_ptr, _ptr, _i64, _i64, _i64, _i64, _ptr, _ptr, _ptr, _ptr, _int],
-                "edf_scale_f32": [_ptr, _ptr, _i64, _i64, _i64, _i64, _ptr, _ptr, _f32, _int]},
-    "cnn1d_cpu": {"cnn_sizes": [_ptr, _ptr],
-                  "cnn_forward": [_ptr, _i64, _ptr, _i64, _i64, _ptr, _ptr, _ptr, _int],
-                  "cnn_backward": [_ptr, _i64, _ptr, _ptr, _ptr, _i64, _i64, _ptr, _ptr, _ptr, _int]},
-}
+def _signatures(name: str) -> dict:
+    """``{function: (restype, argtypes)}``, declared in the driver beside the C source."""
+    from . import cnn1d_cpu, edf_cpu
+    return {"edf_cpu": edf_cpu.SIGNATURES, "cnn1d_cpu": cnn1d_cpu.SIGNATURES}[name]
 
 
-_RESTYPES = {"cnn_forward": _int, "cnn_backward": _int}   # 0: a buffer could not be allocated
+def enabled() -> bool:
+    """False where ``DMCORE_CPU_KERNEL=0`` turns the compiled kernels off by default."""
+    return os.environ.get("DMCORE_CPU_KERNEL", "1") != "0"
 
 
-def _load(name: str):
-    if os.environ.get("DMCORE_CPU_KERNEL", "1") == "0":
+def _load(name: str, required: bool = False):
+    if not required and not enabled():
         return None
     if name not in _loaded:
         _loaded[name] = _build(name)
     return _loaded[name]
 
 
-def cpu():
-    """The EDF losses' compiled CPU kernel (a ctypes library), or None where it is disabled or cannot be built."""
-    return _load("edf_cpu")
+def cpu(required: bool = False):
+    """The EDF losses' compiled CPU kernel (a ctypes library), or None where it is disabled
+    (``DMCORE_CPU_KERNEL=0``; ``required=True`` loads it all the same) or cannot be built."""
+    return _load("edf_cpu", required)
 
 
 def cnn1d():

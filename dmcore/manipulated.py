@@ -1,0 +1,251 @@
+"""The manipulated gradient: the EDF losses as one PyTorch custom operator, ``dmcore::edf_loss``.
+
+For element ``i`` with logits ``z_i``, target distribution ``t_i`` (``e_y`` for a class index) and
+``p_i = sum_c t_ic softmax(z_i)_c`` (``p_y`` for a class index), the operator returns the monitored
+value and the gradient
+
+.. math::
+
+    g_i = \\frac{c_i\\, w(p_i)}{Z}\\, f_i\\, u_i, \\qquad
+    u_i = \\frac{\\mathrm{softmax}(z_i) - t_i}{2(1 - p_i)}, \\qquad
+    f_i = \\frac{2(1 - p_i)}{2(1 - p_i) + \\varepsilon},
+
+which :func:`torch.autograd.backward` then multiplies by the upstream gradient. For a class index,
+``u_i = (softmax_{j != y}(z_i) - e_y) / 2`` is computed as the softmax over the other classes, so it
+is exact and finite at ``p = 1``; for a distribution, ``1 - p_i = sum_c softmax_c (1 - t_c)``, a sum
+of non-negative terms. With the natural weight of cross-entropy, ``w = 2(1 - p)``, ``g_i`` is
+``softmax - t``: the gradient of the soft-target cross-entropy ``-sum_c t_c log softmax_c``.
+
+Two paths compute it: PyTorch ops (:func:`_torch_parts`, any device and dtype, the reference) and,
+for float32 on CPU with class indices, the compiled kernel :mod:`dmcore.kernels.edf_cpu`. The
+operator is opaque to ``torch.compile`` (so ``fullgraph=True`` holds whatever runs inside), has a
+fake implementation for shape propagation, and an autograd formula. With ``create_graph=True`` the
+gradient is recomputed by the PyTorch path as a differentiable function of the logits, so second
+derivatives (gradient penalties, meta-learned weights) are exact; in data-parallel training they
+treat the other ranks' share of the normaliser as a constant.
+
+An EDF (a Python object) and a process group cannot be operator arguments; they are passed by a key
+into the registries :func:`edf_key` and :func:`group_key` fill.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from typing import Optional
+
+import torch
+import torch.distributed as dist
+
+from . import kernels, targets
+from .edf import EDF
+from .kernels import edf_cpu
+
+__all__ = ["IMPLS", "edf_key", "group_key", "implementation", "edf_loss"]
+
+IMPLS = ("auto", "torch", "c")
+_EDFS: dict[str, EDF] = {}
+_GROUPS: dict[str, object] = {}
+_logged: set = set()
+log = logging.getLogger("dmcore.losses")
+
+
+def edf_key(edf: EDF) -> str:
+    """The registry key of ``edf`` (kept alive by the registry, so its key stays its own)."""
+    key = f"{edf.name}@{id(edf):x}"
+    _EDFS.setdefault(key, edf)
+    return key
+
+
+def group_key(sync: bool, process_group=None) -> str:
+    """``''``: no synchronisation; ``'world'``: the default process group; else a registered group's key."""
+    if not sync:
+        return ""
+    if process_group is None:
+        return "world"
+    key = f"group@{id(process_group):x}"
+    _GROUPS.setdefault(key, process_group)
+    return key
+
+
+def implementation(input: torch.Tensor, target: torch.Tensor, impl: str = "auto", label_smoothing: float = 0.0) -> str:
+    """The path an EDF loss takes: ``'c'`` (the compiled CPU kernel) or ``'torch'``.
+
+    ``impl='auto'`` takes the kernel for float32 logits on CPU with class-index targets and no label
+    smoothing, where it is built and not turned off by ``DMCORE_CPU_KERNEL=0``; ``'torch'`` always
+    takes PyTorch's ops; ``'c'`` requires the kernel and raises where it does not apply.
+    """
+    if impl not in IMPLS:
+        raise ValueError(f"impl must be one of {IMPLS}, got {impl!r}")
+    fits = input.device.type == "cpu" and input.dtype == torch.float32 and not target.is_floating_point() \
+        and label_smoothing == 0
+    if impl == "torch" or (impl == "auto" and not fits):
+        return "torch"
+    if impl == "c":
+        if not fits:
+            raise ValueError("impl='c' needs float32 logits on CPU and class-index targets without label smoothing, got "
+                             f"{input.dtype} logits on {input.device}" + (" with class-probability targets"
+                                                                          if target.is_floating_point() else "")
+                             + (f" with label_smoothing={label_smoothing}" if label_smoothing else ""))
+        if kernels.cpu(required=True) is None:
+            raise RuntimeError("impl='c': the compiled kernel could not be built (see the warning above)")
+        return "c"
+    return "c" if kernels.cpu() is not None else "torch"
+
+
+def _synced(z, group):
+    """The normaliser summed over the ranks of ``group`` and divided by their number (DDP averages gradients)."""
+    if group and dist.is_available() and dist.is_initialized():
+        pg = None if group == "world" else _GROUPS[group]
+        world = dist.get_world_size(pg)
+        if world > 1:
+            z = z.clone()
+            dist.all_reduce(z, op=dist.ReduceOp.SUM, group=pg)
+            return z / world
+    return z
+
+
+def _world(group) -> int:
+    if group and dist.is_available() and dist.is_initialized():
+        return dist.get_world_size(None if group == "world" else _GROUPS[group])
+    return 1
+
+
+def _torch_parts(x, tg, weight):
+    """The PyTorch path, differentiable: per element ``(p, log p, 1 - p, cross-entropy)`` and the direction
+    ``d (N, C, ...)`` with ``u = (d - e_y) / 2`` for class indices and ``u = d / (2(1 - p))`` for a
+    distribution; and the flags of bad logits in counted elements."""
+    tiny = torch.finfo(x.dtype).tiny
+    x = torch.where(tg.counted.unsqueeze(1), x, 0.0)         # ignored elements: finite and weightless
+    if tg.dist is None:
+        index = tg.index.unsqueeze(1)
+        z_y = x.gather(1, index).squeeze(1)
+        others = x.scatter(1, index, -math.inf)
+        lse = torch.logsumexp(others, 1)                     # log of the other classes' exp-sum
+        alone = (lse == -math.inf).unsqueeze(1)              # no other class possible: p = 1, no direction
+        direction = torch.where(alone, 0.0, torch.softmax(torch.where(alone, 0.0, others), 1))
+        d = lse - z_y                                        # log((1 - p) / p): exact at both ends
+        p, one_minus_p = torch.sigmoid(-d), torch.sigmoid(d)
+        log_p = -torch.logaddexp(torch.zeros_like(d), d)
+        bad = tg.counted & (torch.isnan(d) | (z_y == math.inf) | (lse == math.inf))
+        return p, log_p, one_minus_p, -log_p.clamp_min(math.log(tiny)), direction, bad
+    t = tg.dist
+    log_probs = torch.log_softmax(x, 1)
+    probs = log_probs.exp()
+    p = (t * probs).sum(1)
+    one_minus_p = (probs * (1 - t)).sum(1)                   # = 1 - p without cancellation
+    terms = torch.where(t > 0, t * -log_probs.clamp_min(math.log(tiny)), 0.0)
+    bad = tg.counted & torch.isnan(log_probs).any(1)
+    return p, torch.log(p), one_minus_p, terms, probs - t, bad
+
+
+def _forward(input, target, weight, edf, ignore_index, reduction, normalizer, group, eps, label_smoothing, check,
+             path, need_grad, z_given=None):
+    """``(value, gradient or an empty tensor, Z)``; with ``z_given`` (the forward's ``Z``), the gradient
+    as a differentiable function of ``input`` (double backward)."""
+    compute = targets.compute_dtype(input.dtype)
+    tg = targets.read(input, target, weight, ignore_index, label_smoothing, compute)
+    problems = list(tg.problems) if check else []
+    if path == "c":
+        lib = kernels.cpu(required=True)
+        buf, p, log_p, norm, index = edf_cpu.parts(lib, input, target, ignore_index)
+        ce = -log_p.clamp_min(math.log(torch.finfo(compute).tiny))
+        if check:   # the kernel marks a bad target with p = -1 (reported above) and bad logits with NaN
+            problems.append(targets.nonfinite_logits(tg.counted & torch.isnan(p)))
+    else:
+        p, log_p, one_minus_p, ce, direction, bad = _torch_parts(input.to(compute), tg, weight)
+        if check:
+            problems.append(targets.nonfinite_logits(bad))
+    w = torch.where(tg.counted, edf(p), 0.0)
+    cw = w if weight is None and tg.dist is None else tg.c * w
+    if check:
+        bad_w = tg.counted & ~(torch.isfinite(w) & (w >= 0))
+        problems.append((bad_w.any(), lambda: f"EDF {edf.name} returned a negative or non-finite weight "
+                                              f"at p = {float(p[bad_w][0]):.6g}"))
+        if tg.dist is not None and target.is_floating_point():
+            off = (target.to(compute).sum(1) - 1).abs() > 1e-3
+            problems.append((off.any(), lambda: "class-probability targets must sum to 1 over the classes (dim 1) "
+                                                "for an EDF loss, whose weight is a function of that probability"))
+    if tg.dist is not None:   # the cross-entropy against the distribution, each class with its weight
+        shape = (1, -1) + (1,) * (input.dim() - 2)
+        ce = ce.sum(1) if weight is None else (ce * weight.to(compute).view(shape)).sum(1)
+        values = w * ce
+    else:
+        values = cw * ce
+    if reduction == "mean":
+        total = cw.sum() if normalizer == "batch" else tg.count.sum()
+        if z_given is None:
+            z = _synced(total.to(compute), group)
+            z = torch.where(z > 0, z, torch.ones_like(z))    # nothing counts: loss 0, gradient 0
+        elif normalizer == "batch":                          # differentiable in this rank's share
+            share = total / _world(group)
+            z = torch.where(z_given > 0, share + (z_given - share).detach(), z_given)
+        else:
+            z = z_given
+    else:
+        z = torch.ones((), dtype=compute, device=input.device)
+    targets.raise_for(problems)                              # the one synchronisation (none with check=False)
+    out = values if reduction == "none" else values.sum() / z if reduction == "mean" else values.sum()
+    if not need_grad:
+        return out.to(input.dtype), input.new_empty(0, dtype=compute), z
+    k = cw * (0.5 / z)                                       # half the length of each element's gradient
+    if eps > 0:                                              # the code's 2 - 2p + eps in place of 2(1 - p)
+        r = torch.where(tg.counted, -2 * torch.expm1(log_p), 0.0) if path == "c" else 2 * one_minus_p
+        k = k * (r / (r + eps))
+    if path == "c":
+        grad = edf_cpu.scale(lib, buf, index, k, norm, ignore_index)
+    elif tg.dist is None:
+        grad = (direction * k.unsqueeze(1)).scatter(1, tg.index.unsqueeze(1), (-k).unsqueeze(1))
+    else:
+        scale = torch.where(one_minus_p > 0, k / torch.where(one_minus_p > 0, one_minus_p, 1.0), 0.0)
+        grad = direction * scale.unsqueeze(1)
+    return out.to(input.dtype), grad, z
+
+
+def _log_path(path, input):
+    key = (path, input.device.type, input.dtype)
+    if key not in _logged:
+        _logged.add(key)
+        log.info("dmcore EDF loss: %s path for %s logits on %s", path, input.dtype, input.device.type)
+
+
+@torch.library.custom_op("dmcore::edf_loss", mutates_args=())
+def edf_loss(input: torch.Tensor, target: torch.Tensor, weight: Optional[torch.Tensor], edf: str, ignore_index: int,
+             reduction: str, normalizer: str, group: str, eps: float, label_smoothing: float, check: bool, impl: str,
+             need_grad: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(value, gradient, Z)`` of an EDF loss (module docstring); the arguments are checked by
+    :func:`dmcore.losses.edf_loss`, which is the function to call."""
+    path = implementation(input, target, impl, label_smoothing)
+    _log_path(path, input)
+    return _forward(input, target, weight, _EDFS[edf], ignore_index, reduction, normalizer, group, eps,
+                    label_smoothing, check, path, need_grad)
+
+
+@edf_loss.register_fake
+def _(input, target, weight, edf, ignore_index, reduction, normalizer, group, eps, label_smoothing, check, impl,
+      need_grad):
+    compute = targets.compute_dtype(input.dtype)
+    value = input.new_empty((input.shape[0], *input.shape[2:]) if reduction == "none" else ())
+    grad = input.new_empty(input.shape if need_grad else (0,), dtype=compute)
+    return value, grad, input.new_empty((), dtype=compute)
+
+
+def _setup_context(ctx, inputs, output):
+    input, target, weight, *params = inputs
+    ctx.save_for_backward(input, target, weight, output[1], output[2])
+    ctx.params = params
+
+
+def _backward(ctx, grad_value, _grad_grad, _grad_z):
+    input, target, weight, grad, z = ctx.saved_tensors
+    edf, ignore_index, reduction, normalizer, group, eps, label_smoothing, _check, _impl, _need = ctx.params
+    if torch.is_grad_enabled():   # create_graph=True: the gradient as a differentiable function of the logits
+        grad = _forward(input, target, weight, _EDFS[edf], ignore_index, reduction, normalizer, group, eps,
+                        label_smoothing, False, "torch", True, z_given=z)[1]
+    g = grad_value.to(grad.dtype)
+    if reduction == "none":
+        g = g.unsqueeze(1)
+    return (grad * g).to(input.dtype), None, None, None, None, None, None, None, None, None, None, None, None
+
+
+edf_loss.register_autograd(_backward, setup_context=_setup_context)
