@@ -33,7 +33,7 @@ Example::
     >>> w.mode
     0.3333333333333333
     >>> w(torch.tensor([0.0, 1 / 3, 1.0]))
-    tensor([ 1.0000,  4.6708,  1.0000])
+    tensor([ 1.0000, 21.7410,  1.0000])
 """
 
 from __future__ import annotations

@@ -56,7 +56,8 @@ shapes, ``C < 2``, targets outside ``[0, C)`` other than ``ignore_index``, NaN o
 a row of only ``-inf``) in a counted element, a negative or non-finite class weight, and an EDF that
 returns negative or non-finite weights. The data checks cost one device-to-host synchronisation per
 call; ``check=False`` skips them (for production training on a GPU, for CUDA graphs), and then bad
-data gives NaN instead of an error. An empty batch, or one whose elements are all ignored, gives a
+data gives NaN instead of an error. Under ``torch.compile`` the closed-form losses skip them too (a
+synchronisation would break the graph); the EDF losses run them inside their operator. An empty batch, or one whose elements are all ignored, gives a
 loss of 0 and a zero gradient for ``'mean'`` (``nn.CrossEntropyLoss`` gives NaN).
 
 **Data-parallel training.** When ``torch.distributed`` is initialised with more than one process
@@ -159,6 +160,8 @@ def edf_loss(input, target, edf: EDF, weight=None, ignore_index: int = -100, red
         The emphasis-weighted cross-entropy (a scalar, or ``(N, d1, ..., dk)`` for ``'none'``): for
         monitoring; the gradient is the manipulated one (module docstring).
 
+    Reference: X. Wang et al., *Derivative manipulation for general example weighting*, arXiv:1905.11233.
+
     Example::
 
         >>> import torch
@@ -226,6 +229,7 @@ def _closed_form(per_element, name, full=False):
         targets.check_call(input, target, weight, ignore_index, reduction, label_smoothing)
         dtype = targets.compute_dtype(input.dtype)
         tg = targets.read(input, target, weight, ignore_index, label_smoothing, dtype)
+        check = check and not torch.compiler.is_compiling()    # a synchronisation would break the graph
         problems = list(tg.problems) if check else []
         x = torch.where(tg.counted.unsqueeze(1), input, 0.0)   # ignored elements: finite, no gradient
         log_probs = torch.log_softmax(x.float() if x.dtype in (torch.float16, torch.bfloat16) else x, dim=1)
@@ -426,7 +430,8 @@ class _Loss(nn.Module):
 
 
 class EDFLoss(_Loss):
-    """The loss of an emphasis density function, :func:`edf_loss` as a module (arguments as there).
+    """The loss of an emphasis density function ``w(p)``, :func:`edf_loss` as a module (arguments and formula
+    as there).
 
     Shape: ``input (N, C)`` or ``(N, C, d1, ..., dk)``; ``target (N)``/``(N, d1, ..., dk)`` indices or
     probabilities shaped like ``input``; output a scalar, or ``(N, d1, ..., dk)`` for ``'none'``.
@@ -507,7 +512,7 @@ class _ClosedLoss(_Loss):
 
 
 class CCELoss(_ClosedLoss):
-    """Categorical cross-entropy, :func:`cce_loss` as a module (``nn.CrossEntropyLoss``'s values).
+    """Categorical cross-entropy ``-log p``, :func:`cce_loss` as a module (``nn.CrossEntropyLoss``'s values).
 
     Example::
 

@@ -110,3 +110,73 @@ def test_dataset_names():
     for bad in ("cifar5", "digits-val", "digits-val0.2-lt5", "digits-40k", "mnist1d-0k"):
         with pytest.raises(ValueError, match="unknown dataset"):
             sweep.load_dataset(bad)
+
+
+# ---------------------------------------------------------------- every argument is validated
+
+BAD_ARGUMENTS = [
+    (["sweep", "--batch-size", "0"], "--batch-size: expected a whole number >= 1, got 0"),
+    (["sweep", "--eval-every", "0"], "--eval-every: expected a whole number >= 1, got 0"),
+    (["sweep", "--steps", "-5"], "--steps: expected a whole number >= 1, got -5"),
+    (["sweep", "--seeds", "0"], "--seeds: expected a whole number >= 1, got 0"),
+    (["sweep", "--chunk", "0"], "--chunk: expected a whole number >= 1, got 0"),
+    (["sweep", "--threads", "0"], "--threads: expected a whole number >= 1, got 0"),
+    (["sweep", "--lr", "-0.1"], "--lr: expected a finite number > 0, got -0.1"),
+    (["sweep", "--lr", "nan"], "--lr: expected a finite number > 0, got nan"),
+    (["sweep", "--noise", "symmetric:1.5"], "--noise: noise rates lie in [0, 1], got 1.5"),
+    (["sweep", "--noise", "open-set:0.2"], "--noise: unknown noise scheme 'open-set'"),
+    (["sweep", "--device", "gpu"], "--device: expected cpu, cuda or cuda:K, got 'gpu'"),
+    (["bench", "--repeats", "0"], "--repeats: expected a whole number >= 1, got 0"),
+    (["bench", "--threads", "-1"], "--threads: expected a whole number >= 1, got -1"),
+    (["bench", "--device", "tpu"], "--device: expected cpu, cuda or cuda:K"),
+    (["reproduce", "label-noise", "--sample", "0"], "--sample: expected a whole number >= 1, got 0"),
+    (["reproduce", "label-noise", "--threads", "0"], "--threads: expected a whole number >= 1, got 0"),
+    (["reproduce", "label-noise", "--mode", "exact"], "--mode: invalid choice: 'exact'"),
+    (["experiments", "--threads", "0"], "--threads: expected a whole number >= 1, got 0"),
+]
+
+
+@pytest.mark.parametrize("argv, message", BAD_ARGUMENTS, ids=[" ".join(a) for a, _ in BAD_ARGUMENTS])
+def test_command_line_arguments_are_validated(argv, message, tmp_path, capsys):
+    if argv[0] == "sweep":
+        argv = argv + ["--out", str(tmp_path / "out")]
+    with pytest.raises(SystemExit) as exit:
+        cli.main(argv)
+    assert exit.value.code == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()             # nothing was written
+
+
+def test_bad_values_after_parsing_are_refused_before_training(tmp_path, capsys):
+    out = tmp_path / "out"
+    assert cli.main(["sweep", "--dataset", "digits", "--model", "resnet8", "--out", str(out)]) == 2
+    assert "unknown model 'resnet8'" in capsys.readouterr().err
+    assert cli.main(["sweep", "--dataset", "digits", "--model", "mlp", "--batch-size", "5000", "--steps", "2",
+                     "--out", str(out)]) == 2
+    assert "batch size 5000 is larger than the training split" in capsys.readouterr().err
+    assert not (out / "runs.csv").exists()
+
+
+def test_protocol_refuses_values_that_cannot_train():
+    for bad in (dict(steps=0), dict(batch_size=-1), dict(eval_every=0), dict(lr=0.0), dict(momentum=1.5),
+                dict(weight_decay=-1e-4), dict(milestones=(1.5,)), dict(steps=2.5)):
+        with pytest.raises(ValueError, match="Protocol"):
+            train.Protocol(**bad)
+
+
+def test_cifar_sweep_end_to_end_on_files_in_the_official_format(tmp_path, capsys):
+    from test_data import write_cifar
+
+    write_cifar(tmp_path / "data", "cifar10", n_train=8, n_test=10)
+    out = tmp_path / "out"
+    argv = ["sweep", "--dataset", "cifar10", "--data-dir", str(tmp_path / "data"), "--model", "resnet20",
+            "--losses", "cce,dm", "--noise", "cifar10-map:0.4", "--seeds", "1", "--steps", "3", "--batch-size", "8",
+            "--eval-every", "2", "--device", "cpu", "--out", str(out)]
+    assert cli.main(argv) == 0, capsys.readouterr().err
+    result = rows(out / "runs.csv")
+    assert {r["loss"] for r in result} == {"cce", "dm"} and {r["dataset"] for r in result} == {"cifar10"}
+    assert {r["model"] for r in result} == {"resnet20"}
+    assert all(0 <= float(r["final_test_acc"]) <= 1 for r in result)
+    assert {h["step"] for h in rows(out / sweep.HISTORY_FILE)} == {"0", "2", "3"}
+    assert cli.main(argv[:3] + argv[5:-1] + [str(tmp_path / "other")]) == 2      # without --data-dir: named
+    assert "give the folder that holds them (--data-dir)" in capsys.readouterr().err

@@ -191,3 +191,51 @@ def test_expected_calibration_error_by_hand():
     assert train.expected_calibration_error(sure, torch.tensor([0, 1])) < 1e-12
     assert math.isclose(train.expected_calibration_error(sure, torch.tensor([1, 0])), 1.0, rel_tol=1e-12)
     assert math.isnan(train.expected_calibration_error(torch.tensor([[math.inf, 0.0]]), torch.tensor([0])))
+
+
+def test_training_leaves_the_callers_random_state_and_allocator_alone(digits, monkeypatch):
+    monkeypatch.setattr(train, "keep_freed_memory", lambda: pytest.fail("train_runs changed malloc's settings"))
+    torch.manual_seed(1234)
+    before = torch.get_rng_state()
+    train.train_runs("mlp", digits, [train.Run("cce", seed=3)], train.Protocol(steps=2, batch_size=50, eval_every=1))
+    assert torch.equal(torch.get_rng_state(), before)
+
+
+def test_batchnorm_models_are_evaluated_in_eval_mode():
+    """The running statistics, not the evaluated batch's, and they are left as they were."""
+    from torch.func import stack_module_state
+
+    from dmcore import models
+    torch.manual_seed(0)
+    nets = [models.resnet20(10) for _ in range(2)]
+    for net in nets:
+        for module in net.modules():
+            if isinstance(module, torch.nn.BatchNorm2d):
+                module.running_mean.normal_()
+                module.running_var.uniform_(0.5, 2)
+    params, buffers = stack_module_state(nets)
+    saved = {k: v.clone() for k, v in buffers.items()}
+    x = torch.randn(6, 3, 32, 32)
+    base = models.resnet20(10).to("meta")
+    logits = train._evaluate(base, params, buffers, x, chunk=4)
+    for net, got in zip(nets, logits):
+        torch.testing.assert_close(got, net.eval()(x), rtol=1e-5, atol=1e-5)
+    assert all(torch.equal(buffers[k], saved[k]) for k in buffers) and base.training
+
+
+def test_training_updates_the_batchnorm_statistics_it_evaluates_with(digits):
+    """A ResNet trained by train_runs: evaluation in eval mode uses running statistics that training moved."""
+    from dmcore.data import Dataset
+    gen = torch.Generator().manual_seed(0)
+    ds = Dataset("tiny", torch.randn(16, 3, 32, 32, generator=gen), torch.randint(0, 10, (16,), generator=gen),
+                 torch.randn(8, 3, 32, 32, generator=gen), torch.randint(0, 10, (8,), generator=gen), 10)
+    seen = []
+    original = train._evaluate
+
+    def spy(base, params, buffers, x, chunk=1000):
+        seen.append({k: v.clone() for k, v in buffers.items() if k.endswith("running_mean")})
+        return original(base, params, buffers, x, chunk)
+    import unittest.mock
+    with unittest.mock.patch.object(train, "_evaluate", spy):
+        train.train_runs("resnet20", ds, [train.Run("cce", seed=0)], train.Protocol(steps=2, batch_size=8, eval_every=2))
+    assert any(not torch.equal(seen[0][k], seen[-1][k]) for k in seen[0])
