@@ -178,7 +178,7 @@ def edf_loss(input, target, edf: EDF, weight=None, ignore_index: int = -100, red
                          "or use a closed-form loss")
     need_grad = torch.is_grad_enabled() and input.requires_grad
     group = manipulated.group_key(sync_normalizer and need_grad and reduction == "mean", process_group)
-    value, _, _ = manipulated.edf_loss(input, target, weight, manipulated.edf_key(edf), int(ignore_index), reduction,
+    value, _, _ = manipulated.apply(input, target, weight, manipulated.edf_key(edf), int(ignore_index), reduction,
                                        normalizer, group, float(eps), float(label_smoothing), bool(check), impl,
                                        need_grad)
     return value

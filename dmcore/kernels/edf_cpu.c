@@ -13,7 +13,8 @@
  *   a target outside [0, C) (not ignored):      buf = 0, p = -1 (caller raises);
  *   a NaN or +inf logit, or only -inf logits:   buf = 0, p = odds = NaN (caller raises);
  *   every other class -inf:                     buf = 0, p = 1, odds = 0, norm = 1.
- * Backward scales in place: buf[c] *= g k / norm (c != y), buf[y] = -g k.
+ * Backward scales in place: buf[c] *= g k / norm (c != y), buf[y] = -g k (y in [0, C) only: the
+ * caller may skip its checks, and a bad target must not write outside the row).
  *
  * exp_f32 is a vectorisable Cody-Waite reduction with a degree-6 polynomial (error below 2 ulp,
  * checked against float64 in the tests); arguments below -87.3 give 0, terms below 1e-38 of a sum
@@ -247,7 +248,7 @@ void edf_scale_f32(float *buf, const int64_t *target, int64_t N, int64_t C, int6
             float scale = g * k[n] / norm[n], *row = buf + n * C;
 #pragma omp simd
             for (int64_t c = 0; c < C; ++c) row[c] *= scale;
-            if (target[n] != ignore_index) row[target[n]] = -g * k[n];
+            if (target[n] != ignore_index && target[n] >= 0 && target[n] < C) row[target[n]] = -g * k[n];
         }
         return;
     }
@@ -266,7 +267,7 @@ void edf_scale_f32(float *buf, const int64_t *target, int64_t N, int64_t C, int6
             }
             for (int64_t s = 0; s < len; ++s) {
                 int64_t y = target[n * S + s0 + s];
-                if (y != ignore_index) block[y * S + s0 + s] = -g * kn[s];
+                if (y != ignore_index && y >= 0 && y < C) block[y * S + s0 + s] = -g * kn[s];
             }
         }
     }
