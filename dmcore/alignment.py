@@ -56,7 +56,8 @@ def _cosine(a: torch.Tensor, b: torch.Tensor) -> float:
 
 
 def _measure(model, dataset: Dataset, observed, is_noisy) -> dict:
-    cce, dm, weight = nn.CrossEntropyLoss(), losses.DMLoss(lam=0.5, beta=8), edf.dm(0.5, 8)
+    cce, dm = nn.CrossEntropyLoss(), losses.DMLoss()              # DM at its defaults
+    weight = dm.edf
     clean = ~is_noisy
     with torch.no_grad():
         p = model(dataset.x_train).softmax(1).gather(1, observed[:, None]).squeeze(1)
@@ -81,7 +82,7 @@ def _trajectory(dataset: Dataset, run: train.Run, noisy, protocol: train.Protoco
     milestones = sorted({round(f * protocol.steps) for f in protocol.milestones})
     sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones, 0.1)
     order = torch.Generator().manual_seed(10_000 + run.seed)
-    loss_fn = nn.CrossEntropyLoss() if run.loss == "cce" else losses.DMLoss(lam=0.5, beta=8)
+    loss_fn = nn.CrossEntropyLoss() if run.loss == "cce" else losses.DMLoss()
     history, step = [], 0
     while True:
         for batch in torch.randperm(len(observed), generator=order).split(protocol.batch_size):

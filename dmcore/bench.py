@@ -46,9 +46,9 @@ CPU_SHAPES = [(4096, 1000), (512, 32000), (65536, 10), (8, 21, 128, 128)]
 def _candidates():
     return {
         "F.cross_entropy": F.cross_entropy,
-        "DMLoss": losses.DMLoss(lam=0.5, beta=8),
-        "IMAELoss": losses.IMAELoss(T=8),
-        "GCELoss": losses.GCELoss(q=0.7),
+        "DMLoss": losses.DMLoss(),
+        "IMAELoss": losses.IMAELoss(),
+        "GCELoss": losses.GCELoss(),
     }
 
 

@@ -122,13 +122,16 @@ def _noise(text: str) -> tuple[str, list[float]]:
 
 
 def _sweep(args) -> int:
-    from . import models, sweep, train
+    from . import data, models, sweep, train
 
     _setup(args)
     protocol = train.Protocol(steps=args.steps, batch_size=args.batch_size, lr=args.lr, eval_every=args.eval_every)
     for name in args.losses:
         train.parse_loss(name)  # fail before any training
-    models.build(args.model, 2, 1)  # an unknown model fails before any training too
+    models.build(args.model, 2, 1)  # an unknown model or dataset fails before anything is written
+    base = data.parse_name(args.dataset)[0]
+    if base.startswith("cifar") and args.data_dir is None:
+        raise ValueError(f"dataset {base} is read from files: give the folder that holds them (--data-dir)")
     runs = sweep.grid(args.losses, args.noise, args.seeds)
     rows = sweep.run_sweep(args.out, args.dataset, args.model, runs, protocol, args.device, args.chunk or 0,
                            data_dir=args.data_dir)

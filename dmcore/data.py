@@ -33,7 +33,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 import torch
 
-__all__ = ["Dataset", "mnist1d", "mnist1d_large", "digits", "long_tailed", "with_validation", "cifar", "by_name"]
+__all__ = ["Dataset", "mnist1d", "mnist1d_large", "digits", "long_tailed", "with_validation", "cifar", "by_name", "parse_name"]
 
 
 @dataclass(frozen=True)
@@ -195,18 +195,23 @@ def cifar(root, name: str = "cifar10") -> Dataset:
     return Dataset(name, (x_train - mean) / std, y_train, (x_test - mean) / std, y_test, classes)
 
 
+def parse_name(name: str) -> tuple:
+    """``(base, thousands, ratio, fraction)`` of a dataset name (strings or None), or a ValueError."""
+    match = re.fullmatch(r"(mnist1d|digits|cifar10|cifar100)(?:-([1-9][0-9]*)k)?(?:-lt([0-9.]+))?(?:-val([0-9.]+))?",
+                         name)
+    if not match or (match.group(2) and match.group(1) != "mnist1d"):
+        raise ValueError(f"unknown dataset {name!r}: expected mnist1d, mnist1d-40k, digits, cifar10 or cifar100, e.g. "
+                         "mnist1d, mnist1d-lt10, digits-val0.2")
+    return match.groups()
+
+
 def by_name(name: str, data_dir=None) -> Dataset:
     """A dataset by name: ``mnist1d`` (4000 training sequences), ``mnist1d-40k`` (40,000 freshly generated
     training sequences, the same test set: :func:`mnist1d_large`), ``digits``, or ``cifar10`` and
     ``cifar100`` (read from ``data_dir``, :func:`cifar`); optionally long-tailed (``-lt10``: ratio 10)
     and with a validation split held out of the training split (``-val0.2``: 20%), in that order:
     ``mnist1d-lt10-val0.2``."""
-    match = re.fullmatch(r"(mnist1d|digits|cifar10|cifar100)(?:-([1-9][0-9]*)k)?(?:-lt([0-9.]+))?(?:-val([0-9.]+))?",
-                         name)
-    if not match or (match.group(2) and match.group(1) != "mnist1d"):
-        raise ValueError(f"unknown dataset {name!r}: expected mnist1d, mnist1d-40k, digits, cifar10 or cifar100, e.g. "
-                         "mnist1d, mnist1d-lt10, digits-val0.2")
-    base, thousands, ratio, fraction = match.groups()
+    base, thousands, ratio, fraction = parse_name(name)
     if base.startswith("cifar"):
         if data_dir is None:
             raise ValueError(f"dataset {base} is read from files: give the folder that holds them (--data-dir)")

@@ -155,6 +155,8 @@ def test_bad_values_after_parsing_are_refused_before_training(tmp_path, capsys):
                      "--out", str(out)]) == 2
     assert "batch size 5000 is larger than the training split" in capsys.readouterr().err
     assert not (out / "runs.csv").exists()
+    assert cli.main(["sweep", "--dataset", "mnist2d", "--out", str(tmp_path / "never")]) == 2
+    assert "unknown dataset 'mnist2d'" in capsys.readouterr().err and not (tmp_path / "never").exists()
 
 
 def test_protocol_refuses_values_that_cannot_train():
@@ -180,3 +182,4 @@ def test_cifar_sweep_end_to_end_on_files_in_the_official_format(tmp_path, capsys
     assert {h["step"] for h in rows(out / sweep.HISTORY_FILE)} == {"0", "2", "3"}
     assert cli.main(argv[:3] + argv[5:-1] + [str(tmp_path / "other")]) == 2      # without --data-dir: named
     assert "give the folder that holds them (--data-dir)" in capsys.readouterr().err
+    assert not (tmp_path / "other").exists()
