@@ -8,6 +8,7 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(CURDIR)/$(VENV)/bin
 STAMP  := $(VENV)/.installed
+TRITON := $(VENV)/.triton
 MATHJAX := _build/mathjax/mathjax/tex-mml-chtml.js
 CHAPTERS := $(sort $(wildcard book/*.ipynb))
 
@@ -30,6 +31,11 @@ $(STAMP): pyproject.toml requirements.lock
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -c requirements.lock -e ".[book]"
 	touch $@
 
+# Triton (an optional extra), for the tests of the EDF losses' Triton kernels under its interpreter.
+$(TRITON): $(STAMP)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -c requirements.lock -e ".[book,triton]"
+	touch $@
+
 # MathJax 3 from the npm registry (package-lock.json pins it), copied to where _config.yml serves it.
 mathjax: $(MATHJAX)
 
@@ -47,7 +53,7 @@ book: $(STAMP) $(MATHJAX)
 	$(BIN)/jupyter-book build . --builder html
 	@echo "The book is at _build/html/index.html"
 
-test: $(STAMP) $(MATHJAX) browser
+test: $(STAMP) $(TRITON) $(MATHJAX) browser
 	$(BIN)/python -m pytest tests $(CHAPTERS) --ignore=tests/browser --nbval --nbval-current-env \
 		--nbval-sanitize-with book/sanitize.cfg --nbval-cell-timeout=1200
 	$(BIN)/python tools/stored_config.py _config.yml _build/stored/_config.yml
@@ -55,7 +61,7 @@ test: $(STAMP) $(MATHJAX) browser
 	DMCORE_REQUIRE_SITE=1 $(BIN)/python -m pytest tests/browser
 
 # The one-minute loop for developers: the unit tests without the slow ones (no chapters, no browser).
-unit: $(STAMP)
+unit: $(STAMP) $(TRITON)
 	$(BIN)/python -m pytest tests --ignore=tests/browser -m "not slow" -q
 
 # Every record under book/records trained again (resumable: an interrupted run continues where it stopped).

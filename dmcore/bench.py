@@ -9,14 +9,21 @@ on CUDA from the caching allocator's peak); it is reported in units of the logit
 and beyond the gradient that backward returns (which every loss must allocate).
 
     python -m dmcore bench                 # this machine's CPU, the shapes below
-    python -m dmcore bench --device cuda   # a GPU, if there is one
+    python -m dmcore bench --device cuda   # a GPU, if there is one: GPU_SHAPES, the Triton kernels
     python -m dmcore bench --record book/records/bench-cpu.json   # the book's recorded table
+
+Each row also gives the achieved memory bandwidth: twice the logits' bytes (the least traffic of
+any implementation, which must read the logits and write the gradient once each) over the time, and
+on a GPU its fraction of the device's peak (:func:`peak_bandwidth`). Liger-Kernel's fused
+cross-entropy joins the comparison on CUDA where it is installed.
 
 Timings belong to a machine and a moment, so nothing asserts them: the book shows a recorded table
 (:func:`save`, :func:`load`) that names its machine, and a reader re-measures with the command above.
 
 Targets on CPU: DMLoss at most 1.0x the time of F.cross_entropy at every shape, and extra peak
-memory beyond the gradient at most the size of the logits.
+memory beyond the gradient at most the size of the logits. On a GPU (:data:`GPU_SHAPES`): at most
+0.7x F.cross_entropy's time at the large shapes, no slower than Liger's cross-entropy, extra memory
+at most the logits, at least 60% of the peak bandwidth.
 """
 
 from __future__ import annotations
@@ -25,6 +32,7 @@ import contextlib
 import dataclasses
 import datetime
 import json
+import math
 import os
 import pathlib
 import sys
@@ -36,20 +44,41 @@ import torch.nn.functional as F
 
 from . import losses
 
-__all__ = ["CPU_SHAPES", "Result", "Recorded", "run", "format_table", "save", "load", "time_forward_backward",
-           "peak_memory"]
+__all__ = ["CPU_SHAPES", "GPU_SHAPES", "Result", "Recorded", "run", "format_table", "save", "load",
+           "time_forward_backward", "peak_memory", "peak_bandwidth"]
 
-#: (N, C) classification and (N, C, H, W) segmentation shapes of the CPU benchmark.
+#: (N, C) classification and (N, C, H, W) segmentation shapes of the CPU benchmark, in float32.
 CPU_SHAPES = [(4096, 1000), (512, 32000), (65536, 10), (8, 21, 128, 128)]
+#: The GPU benchmark: language-model vocabularies (32k, Llama 3's 128k) in bfloat16, many small
+#: classifications, and segmentation (21 classes, 512 x 512 pixels) in float32.
+GPU_SHAPES = [((4096, 32000), torch.bfloat16), ((16384, 128256), torch.bfloat16), ((65536, 10), torch.float32),
+              ((8, 21, 512, 512), torch.float32)]
+
+#: Peak memory bandwidth in GB/s from the vendors' data sheets, by a part of the device's name.
+PEAK_BANDWIDTH = {"H200": 4800.0, "H100 SXM": 3350.0, "H100 NVL": 3900.0, "H100 PCIe": 2000.0, "H100": 3350.0,
+                  "A100-SXM4-80GB": 2039.0, "A100 80GB PCIe": 1935.0, "A100": 1555.0, "L40S": 864.0, "L4": 300.0,
+                  "A10G": 600.0, "V100": 900.0, "T4": 320.0}
 
 
-def _candidates():
-    return {
-        "F.cross_entropy": F.cross_entropy,
-        "DMLoss": losses.DMLoss(),
-        "IMAELoss": losses.IMAELoss(),
-        "GCELoss": losses.GCELoss(),
-    }
+def peak_bandwidth(device) -> float | None:
+    """The device's peak memory bandwidth in GB/s (:data:`PEAK_BANDWIDTH`), None for a CPU or an unknown GPU."""
+    device = torch.device(device)
+    if device.type != "cuda":
+        return None
+    name = torch.cuda.get_device_name(device)
+    return next((gbs for part, gbs in PEAK_BANDWIDTH.items() if part in name), None)
+
+
+def _candidates(device, impl="auto"):
+    fns = {"F.cross_entropy": F.cross_entropy, "DMLoss": losses.DMLoss(impl=impl),
+           "IMAELoss": losses.IMAELoss(impl=impl), "GCELoss": losses.GCELoss()}
+    if torch.device(device).type == "cuda":
+        try:
+            from liger_kernel.transformers import LigerCrossEntropyLoss
+            fns["Liger CE"] = LigerCrossEntropyLoss()
+        except ImportError:
+            pass
+    return fns
 
 
 @dataclass
@@ -62,6 +91,14 @@ class Result:
     time_ratio: float
     peak: float
     peak_beyond_grad: float
+    dtype: str = "float32"
+    bandwidth_fraction: float | None = None    # of the device's peak, where it is known
+
+    @property
+    def bandwidth_gbs(self) -> float:
+        """Twice the logits' bytes (read once, gradient written once) over the time, in GB/s."""
+        size = math.prod(self.shape) * torch.empty((), dtype=getattr(torch, self.dtype)).element_size()
+        return 2 * size / (self.time_ms * 1e-3) / 1e9
 
 
 def _sync(device):
@@ -140,31 +177,48 @@ def peak_memory(fn, logits, target) -> int:
     return peak
 
 
-def run(device: str = "cpu", shapes=None, repeats: int = 20, dtype=torch.float32, seed: int = 0) -> list[Result]:
-    """Measure every loss at every shape; returns one :class:`Result` per (shape, loss)."""
+def run(device: str = "cpu", shapes=None, repeats: int = 20, dtype=torch.float32, seed: int = 0,
+        impl: str = "auto") -> list[Result]:
+    """Measure every loss at every shape; returns one :class:`Result` per (shape, loss).
+
+    ``shapes``: shapes in ``dtype``, or ``(shape, dtype)`` pairs; default :data:`CPU_SHAPES` on a CPU
+    and :data:`GPU_SHAPES` on a GPU. ``impl``: the EDF losses' implementation (:mod:`dmcore.losses`).
+    """
     device = torch.device(device)
+    peak_gbs = peak_bandwidth(device)
     results = []
-    for shape in shapes or CPU_SHAPES:
+    for item in shapes or (GPU_SHAPES if device.type == "cuda" else CPU_SHAPES):
+        shape, item_dtype = item if isinstance(item[1], torch.dtype) else (item, dtype)
         gen = torch.Generator(device="cpu").manual_seed(seed)
-        logits = torch.randn(shape, generator=gen).to(device=device, dtype=dtype).requires_grad_()
+        logits = torch.randn(shape, generator=gen).to(device=device, dtype=item_dtype).requires_grad_()
         target = torch.randint(0, shape[1], (shape[0],) + tuple(shape[2:]), generator=gen).to(device)
-        fns = _candidates()
+        fns = _candidates(device, impl)
         times = time_forward_backward(fns, logits, target, repeats)
         size = logits.numel() * logits.element_size()
         for name, fn in fns.items():
             peak = peak_memory(fn, logits, target)
-            results.append(Result(tuple(shape), name, 1e3 * times[name], times[name] / times["F.cross_entropy"],
-                                  peak / size, (peak - size) / size))
+            result = Result(tuple(shape), name, 1e3 * times[name], times[name] / times["F.cross_entropy"],
+                            peak / size, (peak - size) / size, str(item_dtype).removeprefix("torch."))
+            if peak_gbs:
+                result.bandwidth_fraction = result.bandwidth_gbs / peak_gbs
+            results.append(result)
+        del logits, target
     return results
 
 
 def format_table(results: list[Result]) -> str:
-    """A fixed-width table of the results, one line per (shape, loss)."""
-    lines = [f"{'shape':>18s}  {'loss':16s} {'time (ms)':>10s} {'vs CE':>7s} {'peak':>7s} {'beyond grad':>12s}"]
+    """A fixed-width table of the results, one line per (shape, loss); the fraction of the peak
+    bandwidth where the device's peak is known."""
+    fraction = any(r.bandwidth_fraction is not None for r in results)
+    lines = [f"{'shape':>18s} {'dtype':>8s}  {'loss':16s} {'time (ms)':>10s} {'vs CE':>7s} {'peak':>7s} "
+             f"{'beyond grad':>12s} {'GB/s':>8s}" + (f" {'of peak':>8s}" if fraction else "")]
     for r in results:
         shape = "x".join(map(str, r.shape))
-        lines.append(f"{shape:>18s}  {r.loss:16s} {r.time_ms:10.2f} {r.time_ratio:6.2f}x {r.peak:6.2f}x "
-                     f"{r.peak_beyond_grad:11.2f}x")
+        line = (f"{shape:>18s} {r.dtype:>8s}  {r.loss:16s} {r.time_ms:10.2f} {r.time_ratio:6.2f}x {r.peak:6.2f}x "
+                f"{r.peak_beyond_grad:11.2f}x {r.bandwidth_gbs:8.1f}")
+        if fraction:
+            line += f" {'' if r.bandwidth_fraction is None else format(r.bandwidth_fraction, '8.0%'):>8s}"
+        lines.append(line)
     return "\n".join(lines)
 
 

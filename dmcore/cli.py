@@ -1,6 +1,7 @@
 """``python -m dmcore``: the command line.
 
     python -m dmcore bench [--device cpu|cuda] [--repeats 20] [--shapes 4096x1000,65536x10] [--threads N]
+        [--dtype float32|float16|bfloat16] [--impl auto|torch|c|triton]
     python -m dmcore sweep --dataset mnist1d --losses cce,mae,gce,imae,dm \
         --noise symmetric:0,0.2,0.4,0.6,0.8 --seeds 3 --out DIR [--steps 6000] [--device cuda]
     python -m dmcore sweep --dataset cifar10 --data-dir DIR --model resnet20 --device cuda --out DIR
@@ -81,7 +82,7 @@ def _bench(args) -> int:
     from . import bench
 
     _setup(args)
-    results = bench.run(args.device, args.shapes, args.repeats)
+    results = bench.run(args.device, args.shapes, args.repeats, dtype=getattr(torch, args.dtype), impl=args.impl)
     if args.record:
         bench.save(results, args.record, args.device, args.repeats)
     where = torch.cuda.get_device_name(args.device) if args.device.startswith("cuda") else \
@@ -91,6 +92,8 @@ def _bench(args) -> int:
     dm = [r for r in results if r.loss == "DMLoss"]
     print(f"DMLoss time vs F.cross_entropy: max {max(r.time_ratio for r in dm):.2f}x over {len(dm)} shapes")
     print(f"DMLoss extra peak memory beyond its gradient: max {max(r.peak_beyond_grad for r in dm):.2f}x the logits")
+    if all(r.bandwidth_fraction is not None for r in dm):
+        print(f"DMLoss bandwidth: min {min(r.bandwidth_fraction for r in dm):.0%} of the peak")
     return 0
 
 
@@ -180,6 +183,10 @@ def main(argv=None) -> int:
     b.add_argument("--shapes", type=lambda s: [_shape(x) for x in s.split(",")], default=None,
                    help="comma-separated shapes like 4096x1000,8x21x128x128 (default: the CPU benchmark's)")
     b.add_argument("--threads", type=_positive, default=None, help="torch threads (default: torch's own)")
+    b.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], default="float32",
+                   help="the logits' dtype for --shapes (the default shapes carry their own)")
+    b.add_argument("--impl", choices=["auto", "torch", "c", "triton"], default="auto",
+                   help="the EDF losses' implementation (default auto: C on CPU, Triton on CUDA)")
     b.add_argument("--record", default=None, help="also write the results and this machine's description to this JSON file")
     b.set_defaults(run=_bench)
     s = commands.add_parser("sweep", help="train a grid of runs under label noise, batched, into tidy CSV files")

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import logging
 import math
+import warnings
 from typing import Optional
 
 import torch
@@ -43,7 +44,7 @@ from .kernels import edf_cpu
 
 __all__ = ["IMPLS", "edf_key", "group_key", "implementation", "edf_loss"]
 
-IMPLS = ("auto", "torch", "c")
+IMPLS = ("auto", "torch", "c", "triton")
 _EDFS: dict[str, EDF] = {}
 _GROUPS: dict[str, object] = {}
 _logged: set = set()
@@ -69,20 +70,25 @@ def group_key(sync: bool, process_group=None) -> str:
 
 
 def implementation(input: torch.Tensor, target: torch.Tensor, impl: str = "auto", label_smoothing: float = 0.0) -> str:
-    """The path an EDF loss takes: ``'c'`` (the compiled CPU kernel) or ``'torch'``.
+    """The path an EDF loss takes: ``'c'`` (the compiled CPU kernel), ``'triton'`` (the Triton kernels)
+    or ``'torch'``.
 
-    ``impl='auto'`` takes the kernel for float32 logits on CPU with class-index targets and no label
-    smoothing, where it is built and not turned off by ``DMCORE_CPU_KERNEL=0``; ``'torch'`` always
-    takes PyTorch's ops; ``'c'`` requires the kernel and raises where it does not apply.
+    The kernels take class-index targets without label smoothing. ``impl='auto'`` takes the C kernel
+    for float32 logits on CPU (unless ``DMCORE_CPU_KERNEL=0``) and the Triton kernels on CUDA, where
+    each is available, and PyTorch's ops otherwise; ``'torch'`` always takes PyTorch's ops; ``'c'``
+    and ``'triton'`` require their kernel and raise where it does not apply (``'triton'`` runs on CPU
+    tensors under ``TRITON_INTERPRET=1``).
     """
     if impl not in IMPLS:
         raise ValueError(f"impl must be one of {IMPLS}, got {impl!r}")
-    fits = input.device.type == "cpu" and input.dtype == torch.float32 and not target.is_floating_point() \
-        and label_smoothing == 0
-    if impl == "torch" or (impl == "auto" and not fits):
+    indices = not target.is_floating_point() and label_smoothing == 0
+    fits_c = indices and input.device.type == "cpu" and input.dtype == torch.float32
+    fits_triton = indices and (impl == "triton" or input.device.type == "cuda") and not _triton_failed \
+        and input.dtype in (torch.float16, torch.bfloat16, torch.float32) and _triton().usable_on(input.device)
+    if impl == "torch" or (impl == "auto" and not (fits_c or (fits_triton and input.device.type == "cuda"))):
         return "torch"
     if impl == "c":
-        if not fits:
+        if not fits_c:
             raise ValueError("impl='c' needs float32 logits on CPU and class-index targets without label smoothing, got "
                              f"{input.dtype} logits on {input.device}" + (" with class-probability targets"
                                                                           if target.is_floating_point() else "")
@@ -90,7 +96,43 @@ def implementation(input: torch.Tensor, target: torch.Tensor, impl: str = "auto"
         if kernels.cpu(required=True) is None:
             raise RuntimeError("impl='c': the compiled kernel could not be built (see the warning above)")
         return "c"
-    return "c" if kernels.cpu() is not None else "torch"
+    if impl == "triton":
+        if not _triton().available():
+            raise RuntimeError("impl='triton' needs Triton: pip install 'dmcore[triton]'")
+        if not fits_triton:
+            raise ValueError("impl='triton' needs float16, bfloat16 or float32 logits and class-index targets without "
+                             f"label smoothing, on CUDA (or on CPU under TRITON_INTERPRET=1), got {input.dtype} on "
+                             f"{input.device}"
+                             + (" with class-probability targets" if target.is_floating_point() else "")
+                             + (f" with label_smoothing={label_smoothing}" if label_smoothing else ""))
+        return "triton"
+    if fits_c:
+        return "c" if kernels.cpu() is not None else "torch"
+    return "triton"
+
+
+_triton_failed = False
+
+
+def _triton():
+    """The Triton kernels' module, imported on first use (Triton reads ``TRITON_INTERPRET`` then)."""
+    from .kernels import edf_triton
+    return edf_triton
+
+
+def _triton_or_fallback(run, impl):
+    """Run the Triton path; under ``impl='auto'`` a kernel that fails to compile is reported once and
+    the PyTorch path is used from then on."""
+    global _triton_failed
+    try:
+        return run("triton")
+    except Exception as error:          # a compiler or driver error, not a data error
+        if impl != "auto" or isinstance(error, ValueError):
+            raise
+        _triton_failed = True
+        warnings.warn(f"dmcore: the Triton kernel failed ({type(error).__name__}: {error}); the PyTorch path "
+                      "is used instead", RuntimeWarning, stacklevel=2)
+        return run("torch")
 
 
 def _synced(z, group):
@@ -150,9 +192,20 @@ def _forward(input, target, weight, edf, ignore_index, reduction, normalizer, gr
         counted = (index != ignore_index) & ~(p < 0)
         tg = targets.Targets(index, counted, None, counted if weight is None else torch.where(
             counted, weight.to(compute)[index.clamp(0, input.shape[1] - 1)], 0.0), None, [])
-        ce = -log_p.clamp_min(math.log(torch.finfo(compute).tiny))
+        ce = None                                         # -log p, computed when needed (memory)
         problems = []
         if check:   # the message of a bad target comes from reading the targets again, only when raising
+            problems = [((p < 0).any(), lambda: targets.read(input, target, None, ignore_index, 0.0,
+                                                             compute).problems[0][1]()),
+                        targets.nonfinite_logits(counted & torch.isnan(p))] + targets.weight_problems(weight)
+    elif path == "triton":   # the same markers as the C kernel's
+        p, log_p, one_minus_p, lse, index = _triton().statistics(input, target, ignore_index)
+        counted = (index != ignore_index) & ~(p < 0)
+        tg = targets.Targets(index, counted, None, counted if weight is None else torch.where(
+            counted, weight.to(compute)[index.clamp(0, input.shape[1] - 1)], 0.0), None, [])
+        ce = None
+        problems = []
+        if check:
             problems = [((p < 0).any(), lambda: targets.read(input, target, None, ignore_index, 0.0,
                                                              compute).problems[0][1]()),
                         targets.nonfinite_logits(counted & torch.isnan(p))] + targets.weight_problems(weight)
@@ -177,7 +230,7 @@ def _forward(input, target, weight, edf, ignore_index, reduction, normalizer, gr
         ce = ce.sum(1) if weight is None else (ce * weight.to(compute).view(shape)).sum(1)
         values = w * ce
     else:
-        values = cw * ce
+        values = cw * (-log_p.clamp_min(math.log(torch.finfo(compute).tiny)) if ce is None else ce)
     if reduction == "mean":
         total = cw.sum() if normalizer == "batch" else (tg.count if tg.count is not None else tg.c).sum()
         if z_given is None:
@@ -200,6 +253,8 @@ def _forward(input, target, weight, edf, ignore_index, reduction, normalizer, gr
         k = k * (r / (r + eps))
     if path == "c":
         grad = edf_cpu.scale(lib, buf, index, k, norm, ignore_index)
+    elif path == "triton":
+        grad = _triton().gradient(input, index, lse, torch.where(tg.counted, k, 0.0))
     elif tg.dist is None:
         grad = (direction * k.unsqueeze(1)).scatter(1, tg.index.unsqueeze(1), (-k).unsqueeze(1))
     else:
@@ -217,10 +272,12 @@ def _log_path(path, input):
 
 def _implementation(input, target, weight, edf, ignore_index, reduction, normalizer, group, eps, label_smoothing,
                     check, impl, need_grad):
+    def run(path):
+        _log_path(path, input)
+        return _forward(input, target, weight, _EDFS[edf], ignore_index, reduction, normalizer, group, eps,
+                        label_smoothing, check, path, need_grad)
     path = implementation(input, target, impl, label_smoothing)
-    _log_path(path, input)
-    return _forward(input, target, weight, _EDFS[edf], ignore_index, reduction, normalizer, group, eps,
-                    label_smoothing, check, path, need_grad)
+    return _triton_or_fallback(run, impl) if path == "triton" else run(path)
 
 
 @torch.library.custom_op("dmcore::edf_loss", mutates_args=())
@@ -265,18 +322,40 @@ edf_loss.register_autograd(_backward, setup_context=_setup_context)
 
 class _Eager(torch.autograd.Function):
     """The operator's implementation and autograd formula called directly, outside ``torch.compile``:
-    the same functions, without the dispatcher's Python overhead (about 150 us a call)."""
+    the same functions, without the dispatcher's Python overhead (about 150 us a call).
+
+    Its backward hands the gradient buffer itself to autograd, scaled in place by the upstream
+    gradient: no second logits-sized tensor. A retained graph's later backward passes then recompute
+    the gradient (PyTorch path), so nothing a caller does to ``.grad`` can reach them."""
 
     @staticmethod
     def forward(ctx, *inputs):
         output = _implementation(*inputs)
-        _setup_context(ctx, inputs, output)
+        input, target, weight, *params = inputs
+        ctx.save_for_backward(input, target, weight, output[2])
+        ctx.params, ctx.grad = params, output[1]        # the buffer is not versioned: it is handed out
         ctx.mark_non_differentiable(output[1], output[2])
+        ctx.set_materialize_grads(False)                # no zeros the size of the logits for the buffer
         return output
 
     @staticmethod
     def backward(ctx, grad_value, grad_grad, grad_z):
-        return _backward(ctx, grad_value, grad_grad, grad_z)
+        if grad_value is None:
+            return (None,) * 13
+        input, target, weight, z = ctx.saved_tensors
+        edf, ignore_index, reduction, normalizer, group, eps, label_smoothing, _check, _impl, _need = ctx.params
+        if torch.is_grad_enabled() or ctx.grad is None:   # create_graph=True, or a retained graph again
+            grad = _forward(input, target, weight, _EDFS[edf], ignore_index, reduction, normalizer, group, eps,
+                            label_smoothing, False, "torch", True, z_given=z)[1]
+        else:
+            grad, ctx.grad = ctx.grad, None
+        g = grad_value.to(grad.dtype)
+        if reduction == "none":
+            g = g.unsqueeze(1)
+        elif g.device.type == "cpu" and not torch.is_grad_enabled() and torch.equal(g, torch.ones_like(g)):
+            return (grad.to(input.dtype),) + (None,) * 12   # loss.backward() on CPU (no device to wait for)
+        grad = grad * g if torch.is_grad_enabled() else grad.mul_(g)
+        return (grad.to(input.dtype),) + (None,) * 12
 
 
 def apply(*inputs):

@@ -24,7 +24,7 @@ def pins(lines):
 
 def test_direct_dependencies_are_pinned_and_locked():
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
-    direct = project["dependencies"] + project["optional-dependencies"]["book"]
+    direct = project["dependencies"] + project["optional-dependencies"]["book"] + project["optional-dependencies"]["triton"]
     direct_pins = pins(direct)
     assert len(direct_pins) == len(direct), "every direct dependency must be pinned with =="
     assert direct_pins["torch"] == "2.13.0"
