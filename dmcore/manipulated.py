@@ -186,29 +186,19 @@ def _forward(input, target, weight, edf, ignore_index, reduction, normalizer, gr
     """``(value, gradient or an empty tensor, Z)``; with ``z_given`` (the forward's ``Z``), the gradient
     as a differentiable function of ``input`` (double backward)."""
     compute = targets.compute_dtype(input.dtype)
-    if path == "c":   # the kernel reads the class indices itself: a bad target gets p = -1, bad logits NaN
-        lib = kernels.cpu(required=True)
-        buf, p, log_p, norm, index = edf_cpu.parts(lib, input, target, ignore_index)
-        counted = (index != ignore_index) & ~(p < 0)
+    kernel = path in ("c", "triton")
+    if kernel:   # the kernel reads the class indices itself: a bad target gets p = -1, bad logits p = NaN
+        if path == "c":
+            lib = kernels.cpu(required=True)
+            buf, p, log_p, norm, index = edf_cpu.parts(lib, input, target, ignore_index)
+        else:
+            p, log_p, one_minus_p, lse, index = _triton().statistics(input, target, ignore_index)
+        counted = index != ignore_index
+        if not check:            # a bad target must weigh nothing (with the checks, it raises instead)
+            counted = counted & ~(p < 0)
         tg = targets.Targets(index, counted, None, counted if weight is None else torch.where(
             counted, weight.to(compute)[index.clamp(0, input.shape[1] - 1)], 0.0), None, [])
-        ce = None                                         # -log p, computed when needed (memory)
-        problems = []
-        if check:   # the message of a bad target comes from reading the targets again, only when raising
-            problems = [((p < 0).any(), lambda: targets.read(input, target, None, ignore_index, 0.0,
-                                                             compute).problems[0][1]()),
-                        targets.nonfinite_logits(counted & torch.isnan(p))] + targets.weight_problems(weight)
-    elif path == "triton":   # the same markers as the C kernel's
-        p, log_p, one_minus_p, lse, index = _triton().statistics(input, target, ignore_index)
-        counted = (index != ignore_index) & ~(p < 0)
-        tg = targets.Targets(index, counted, None, counted if weight is None else torch.where(
-            counted, weight.to(compute)[index.clamp(0, input.shape[1] - 1)], 0.0), None, [])
-        ce = None
-        problems = []
-        if check:
-            problems = [((p < 0).any(), lambda: targets.read(input, target, None, ignore_index, 0.0,
-                                                             compute).problems[0][1]()),
-                        targets.nonfinite_logits(counted & torch.isnan(p))] + targets.weight_problems(weight)
+        ce, problems = None, []                          # -log p is computed when needed (memory)
     else:
         tg = targets.read(input, target, weight, ignore_index, label_smoothing, compute)
         problems = list(tg.problems) if check else []
@@ -217,7 +207,20 @@ def _forward(input, target, weight, edf, ignore_index, reduction, normalizer, gr
             problems.append(targets.nonfinite_logits(bad))
     w = torch.where(tg.counted, edf(p), 0.0)
     cw = w if weight is None and tg.dist is None else tg.c * w
-    if check:
+    if check and kernel:         # few passes over per-element vectors: they cost as much as the logits for small C
+        low_p, high_p, low_w, high_w = torch.stack([*torch.aminmax(p), *torch.aminmax(w)]).tolist() \
+            if p.numel() else (0.0, 0.0, 0.0, 0.0)
+        problems = targets.weight_problems(weight)
+        if low_p < 0:            # the message comes from reading the targets again, only when raising
+            problems.insert(0, (torch.tensor(True), targets.read(input, target, None, ignore_index, 0.0,
+                                                                 compute).problems[0][1]))
+        elif math.isnan(high_p):
+            problems.insert(0, targets.nonfinite_logits(tg.counted & torch.isnan(p)))
+        elif not (low_w >= 0 and math.isfinite(high_w)):
+            bad_w = tg.counted & ~(torch.isfinite(w) & (w >= 0))
+            problems.insert(0, (torch.tensor(True), lambda: f"EDF {edf.name} returned a negative or non-finite "
+                                                            f"weight at p = {float(p[bad_w][0]):.6g}"))
+    elif check:
         bad_w = tg.counted & ~(torch.isfinite(w) & (w >= 0))
         problems.append((bad_w.any(), lambda: f"EDF {edf.name} returned a negative or non-finite weight "
                                               f"at p = {float(p[bad_w][0]):.6g}"))
