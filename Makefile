@@ -1,7 +1,8 @@
 # The project's two commands (README.md):
 #   make book   set up .venv if needed, execute every chapter and render the HTML book to _build/html
-#   make test   unit tests, nbval over every chapter, a strict build of the stored outputs to
-#               _build/html, and every page of it checked in headless Chromium
+#   make test   the publishing workflow checked against GitHub's schema, unit tests, nbval over every
+#               chapter, a strict build of the stored outputs to _build/html, and every page of it
+#               checked in headless Chromium
 # `make outputs` re-executes the chapters in place and stores their outputs (for authors).
 
 PYTHON ?= python3
@@ -54,6 +55,7 @@ book: $(STAMP) $(MATHJAX)
 	@echo "The book is at _build/html/index.html"
 
 test: $(STAMP) $(TRITON) $(MATHJAX) browser
+	$(BIN)/check-jsonschema --builtin-schema vendor.github-workflows .github/workflows/*.yml
 	$(BIN)/python -m pytest tests $(CHAPTERS) --ignore=tests/browser --nbval --nbval-current-env \
 		--nbval-sanitize-with book/sanitize.cfg --nbval-cell-timeout=1200
 	$(BIN)/python tools/stored_config.py _config.yml _build/stored/_config.yml

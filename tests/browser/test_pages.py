@@ -1,6 +1,7 @@
 """The built book as a reader sees it: every page of ``_build/html`` in headless Chromium.
 
-For each page: the math is typeset by the MathJax copy the site serves itself (no raw ``$...$``,
+For each page: no code block, text output or table is wider than the text column (nothing scrolls
+sideways), the math is typeset by the MathJax copy the site serves itself (no raw ``$...$``,
 ``\\(`` or ``\\[`` left in the text, no TeX error), every image has loaded, every link to another
 page or anchor of the book resolves, the server was asked for nothing it does not have, and the
 browser console shows no error. A screenshot of each page goes to ``_build/screenshots``.
@@ -232,6 +233,30 @@ def _target(site: str, href: str) -> tuple[pathlib.Path, str] | None:
     return target, urllib.parse.unquote(parsed.fragment)
 
 
+_OVERFLOW = """
+const wide = [];
+for (const el of document.querySelectorAll('article pre, article table')) {
+  if (el.offsetParent === null) continue;                 // folded or hidden: nothing to see
+  const column = el.closest('article');
+  // content that scrolls inside the element, or an element wider than the text column
+  if (el.scrollWidth > el.clientWidth + 1 || el.getBoundingClientRect().width > column.clientWidth + 1) {
+    wide.push(`${el.tagName.toLowerCase()} ${el.scrollWidth}px in ${el.clientWidth}px: `
+              + el.textContent.trim().replace(/\\s+/g, ' ').slice(0, 70));
+  }
+}
+return wide;
+"""
+
+
+def test_the_overflow_check_sees_a_wide_code_block(browser):
+    """The check below is not vacuous: a code line longer than its column is found."""
+    page = ("<html><body><article style='width: 300px'><pre>" + "x = 1  # " + "long " * 80 + "</pre>"
+            "<table><tr>" + "<td>cell</td>" * 200 + "</tr></table></article></body></html>")
+    browser.get("data:text/html;charset=utf-8," + urllib.parse.quote(page))
+    wide = browser.script(_OVERFLOW)
+    assert len(wide) == 2 and wide[0].startswith("pre ") and wide[1].startswith("table ")
+
+
 def test_the_site_has_pages():
     assert "index.html" in PAGES and len(PAGES) >= 10, PAGES
 
@@ -243,9 +268,11 @@ def test_page(page, site, browser):
     refresh = re.search(r'http-equiv="Refresh" content="0; url=([^"]+)"', (HTML / page).read_text(errors="replace"))
     browser.get(site + page, redirects_to=urllib.parse.urljoin(site + page, refresh[1]) if refresh else None)
     report = browser.script(_INSPECT, asynchronous=True)
+    wide = browser.script(_OVERFLOW)
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
     (SCREENSHOTS / page.replace("/", "__").replace(".html", ".png")).write_bytes(browser.screenshot())
 
+    assert not wide, f"{page}: code blocks or tables wider than the text column: {wide[:5]}"
     assert all(src.startswith(site) for src in report["mathjaxSrc"]), \
         f"{page}: MathJax is not served by the site itself: {report['mathjaxSrc']}"
     if report["math"]:
