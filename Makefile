@@ -22,6 +22,8 @@ export PYTHONHASHSEED := 0
 # checkout on the machine and does not tell apart kernels built under another ATEN_CPU_CAPABILITY,
 # and one built for AVX-512 crashed a run under ATEN_CPU_CAPABILITY=avx2.
 export TORCHINDUCTOR_CACHE_DIR := $(CURDIR)/_build/torchinductor
+# Where `make experiments` and DMCORE_RETRAIN=1 train before a record is installed in book/records.
+export DMCORE_SCRATCH := $(CURDIR)/_build/records
 
 .PHONY: book test unit outputs experiments env mathjax browser clean
 
@@ -68,7 +70,7 @@ unit: $(STAMP) $(TRITON)
 
 # Every record under book/records trained again (resumable: an interrupted run continues where it stopped).
 experiments: $(STAMP)
-	$(BIN)/python -m dmcore experiments
+	$(BIN)/python -m dmcore experiments --records book/records
 
 outputs: $(STAMP)
 	$(BIN)/python tools/store_outputs.py $(CHAPTERS)

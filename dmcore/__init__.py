@@ -1,32 +1,35 @@
 """dmcore: example weighting through derivative manipulation.
 
-Modules (imported on first use, so that ``from dmcore import losses`` does not load SymPy or
-matplotlib):
+Two wings. **The library**, what a user imports into their own training (it never imports the lab):
 
 - :mod:`dmcore.symbolic`: SymPy derivations of each loss's weight as a function of p.
 - :mod:`dmcore.edf`: emphasis density functions, the weight of an example as a function of p.
+- :mod:`dmcore.targets`: class indices, class probabilities and label smoothing as the losses read them.
 - :mod:`dmcore.losses`: PyTorch losses, drop-in replacements for ``nn.CrossEntropyLoss``.
-- :mod:`dmcore.kernels`: the compiled CPU fast path of the EDF losses.
-- :mod:`dmcore.noise`: label-noise generators with exact realised rates.
-- :mod:`dmcore.data`: MNIST-1D and digits offline, long-tailed subsets, a CIFAR file reader.
-- :mod:`dmcore.models`: the MNIST-1D CNN, an MLP, CIFAR ResNet-20/44/56.
-- :mod:`dmcore.train`, :mod:`dmcore.sweep`: many runs trained as one batched computation; grids of
-  runs written to tidy files.
-- :mod:`dmcore.experiments`: the book's experiments, defined once; their committed records, read
-  (:func:`~dmcore.experiments.load`), trained and reproduced (``python -m dmcore reproduce``).
-- :mod:`dmcore.alignment`: gradient directions and weights along a training trajectory.
-- :mod:`dmcore.bench`: their benchmark against ``F.cross_entropy`` (``python -m dmcore bench``).
-- :mod:`dmcore.plotting`: the book's figure style.
+- :mod:`dmcore.edf_operator`: the EDF losses' custom operator ``dmcore::edf_loss`` (value and
+  manipulated gradient) and its choice of implementation.
+- :mod:`dmcore.kernels`: the compiled fast paths (C on CPU, Triton on GPU) beside their drivers.
+
+**The lab**, :mod:`dmcore.lab`, the book's machinery: data, noise, models, batched training, sweeps,
+the experiments and their records, reproduction, tuning, plotting, the benchmark and the command
+line (``python -m dmcore``). ``dmcore.noise`` and ``dmcore.data`` name the lab's modules too, as the
+public API has them.
+
+Modules are imported on first use, so that ``from dmcore import losses`` does not load SymPy or
+matplotlib.
 """
 
 import importlib
 
 __version__ = "0.1.0"
-__all__ = ["symbolic", "edf", "losses", "kernels", "bench", "noise", "data", "models", "plotting", "train", "sweep",
-           "experiments", "alignment"]
+LIBRARY = ("symbolic", "edf", "targets", "losses", "edf_operator", "kernels")
+__all__ = [*LIBRARY, "lab", "noise", "data"]
+_FROM_LAB = {"noise", "data"}
 
 
 def __getattr__(name):
+    if name in _FROM_LAB:
+        return importlib.import_module(f"{__name__}.lab.{name}")
     if name in __all__:
         return importlib.import_module(f"{__name__}.{name}")
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,5 +1,5 @@
-import sys
+"""``python -m dmcore``: the command line of the book's lab (:mod:`dmcore.lab.cli`)."""
 
-from .cli import main
+from .lab.cli import main
 
-sys.exit(main())
+raise SystemExit(main())

@@ -13,7 +13,7 @@ the unit-L1 CCE direction times the example's weight ``w(p)`` (an :class:`dmcore
 class weight ``c``, over a normaliser ``Z``. ``u_i`` is computed as the right-hand form, without
 dividing by ``1 - p_i``, so it is exact and finite at ``p_i = 1``. For class-probability targets
 ``t`` (and label smoothing) ``p_i = sum_c t_c softmax(z_i)_c`` and ``e_y`` becomes ``t``
-(:mod:`dmcore.manipulated`, where the gradient is computed).
+(:mod:`dmcore.edf_operator`, where the gradient is computed).
 
 ``eps > 0`` multiplies the gradient by ``2(1 - p_i) / (2(1 - p_i) + eps)``: the paper's code
 divides by ``2 - 2 p_i + 1e-6``, not by ``2(1 - p_i)``. With ``eps = 0`` every example keeps pushing
@@ -21,7 +21,7 @@ with the length ``w(p)`` however well it is fitted, so its margin grows without 
 ``eps > 0`` an example stops once ``1 - p_i`` falls well below ``eps`` (a margin of about
 ``log(1/eps)``, 14 for ``1e-6``), as under cross-entropy. :class:`DMLoss` and :class:`IMAELoss`
 default to the code's ``eps = 1e-6``: with ``eps = 0``, DM collapsed on clean MNIST-1D in every seed
-of the book's records ``eps-objective`` (:class:`dmcore.train.Protocol`); :class:`EDFLoss` defaults to
+of the book's records ``eps-objective`` (:class:`dmcore.lab.train.Protocol`); :class:`EDFLoss` defaults to
 ``eps = 0``, so that natural weights reproduce their losses' gradients. With ``reduction='mean'``,
 ``Z`` is the batch sum of ``c w`` (``normalizer='batch'``, the paper's derivative normalisation) or
 of ``c`` (``normalizer='count'``, the convention of ``nn.CrossEntropyLoss``); with ``'sum'`` and
@@ -69,7 +69,7 @@ evaluation on one rank) nothing is synchronised. ``sync_normalizer=False`` turns
 
 **Implementation.** ``impl='auto'`` (default) runs the compiled CPU kernel for float32 logits on CPU
 with class indices (unless ``DMCORE_CPU_KERNEL=0``) and PyTorch's ops elsewhere; ``'torch'`` and
-``'c'`` choose one (:func:`dmcore.manipulated.implementation` says which runs; the logger
+``'c'`` choose one (:func:`dmcore.edf_operator.implementation` says which runs; the logger
 ``dmcore.losses`` reports the first use of each). The EDF losses are the custom operator
 ``torch.ops.dmcore.edf_loss``, so ``torch.compile(fullgraph=True)`` compiles a model and its loss
 in one graph.
@@ -97,7 +97,7 @@ import torch
 import torch.nn as nn
 
 from . import edf as edfs
-from . import manipulated, targets
+from . import edf_operator, targets
 from .edf import EDF, default
 from .targets import REDUCTIONS
 
@@ -121,8 +121,8 @@ def _check_edf_args(edf, normalizer, eps, impl):
         raise TypeError(f"edf must be a dmcore.edf.EDF (e.g. edf.dm(0.5, 8)), got {type(edf).__name__}")
     if normalizer not in NORMALIZERS:
         raise ValueError(f"normalizer must be one of {NORMALIZERS}, got {normalizer!r}")
-    if impl not in manipulated.IMPLS:
-        raise ValueError(f"impl must be one of {manipulated.IMPLS}, got {impl!r}")
+    if impl not in edf_operator.IMPLS:
+        raise ValueError(f"impl must be one of {edf_operator.IMPLS}, got {impl!r}")
     _check_eps(eps)
 
 
@@ -177,8 +177,8 @@ def edf_loss(input, target, edf: EDF, weight=None, ignore_index: int = -100, red
         raise ValueError("weight requires grad, but the EDF losses give class weights no gradient: pass weight.detach(), "
                          "or use a closed-form loss")
     need_grad = torch.is_grad_enabled() and input.requires_grad
-    group = manipulated.group_key(sync_normalizer and need_grad and reduction == "mean", process_group)
-    value, _, _ = manipulated.apply(input, target, weight, manipulated.edf_key(edf), int(ignore_index), reduction,
+    group = edf_operator.group_key(sync_normalizer and need_grad and reduction == "mean", process_group)
+    value, _, _ = edf_operator.apply(input, target, weight, edf_operator.edf_key(edf), int(ignore_index), reduction,
                                        normalizer, group, float(eps), float(label_smoothing), bool(check), impl,
                                        need_grad)
     return value

@@ -3,7 +3,7 @@
 - ``edf_cpu.c`` with :mod:`dmcore.kernels.edf_cpu`: the EDF losses' value and gradient
   (:mod:`dmcore.losses`, ``impl='c'``).
 - ``cnn1d_cpu.c`` with :mod:`dmcore.kernels.cnn1d_cpu`: many copies of the MNIST-1D CNN, forward and
-  backward (:mod:`dmcore.models`).
+  backward (:mod:`dmcore.lab.models`).
 
 :func:`cpu` and :func:`cnn1d` compile their source with the system C compiler on first use (about a
 second), cache the shared library per user under ``$DMCORE_CACHE`` (default ``~/.cache/dmcore``)

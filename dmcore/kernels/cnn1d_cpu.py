@@ -1,5 +1,5 @@
-"""The Python driver of ``cnn1d_cpu.c``: R stacked MNIST-1D CNNs (:class:`dmcore.models.MNIST1DCNN`),
-forward and backward, float32 on CPU. :func:`dmcore.models.MNIST1DCNN.forward_stacked` uses it where
+"""The Python driver of ``cnn1d_cpu.c``: R stacked MNIST-1D CNNs (:class:`dmcore.lab.models.MNIST1DCNN`),
+forward and backward, float32 on CPU. :func:`dmcore.lab.models.MNIST1DCNN.forward_stacked` uses it where
 it applies and its PyTorch ops elsewhere; they are the reference it is tested against."""
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ class CNNKernel:
 
     @classmethod
     def get(cls, model, x: torch.Tensor):
-        """The kernel for ``model`` (a :class:`dmcore.models.MNIST1DCNN`) on ``x``, or None."""
+        """The kernel for ``model`` (a :class:`dmcore.lab.models.MNIST1DCNN`) on ``x``, or None."""
         if x.device.type != "cpu" or x.dtype != torch.float32 or x.requires_grad:
             return None
         if not all(isinstance(n, nn.LayerNorm) for n in model.norms):

@@ -12,7 +12,7 @@ dtype:
   ``p = NaN``; the caller raises. Ignored elements get ``p = 0``.
 - :func:`gradient` reads the row again and writes the manipulated gradient
   ``k exp(z_j - L)`` off the label and ``-k`` at it, for the per-element scale ``k`` the caller
-  computed from ``w(p)``, the class weight, the normaliser and ``eps`` (:mod:`dmcore.manipulated`).
+  computed from ``w(p)``, the class weight, the normaliser and ``eps`` (:mod:`dmcore.edf_operator`).
 
 The weight ``w(p)``, the reductions and the normaliser act on ``N`` numbers in PyTorch, so any EDF
 of :mod:`dmcore.edf` runs unchanged. Memory: the gradient (the output) and four numbers per element;

@@ -16,7 +16,7 @@ the whole training set with its noisy labels,
   labels; ``clean_norm``: the length of that clean-data gradient;
 - ``test_acc``.
 
-Its results have the form of :func:`dmcore.train.train_runs`'s, so :mod:`dmcore.sweep` records them.
+Its results have the form of :func:`dmcore.lab.train.train_runs`'s, so :mod:`dmcore.lab.sweep` records them.
 """
 
 from __future__ import annotations
@@ -26,7 +26,8 @@ import math
 import torch
 import torch.nn as nn
 
-from . import edf, losses, models, train
+from .. import edf, losses
+from . import models, noise, train
 from .data import Dataset
 
 __all__ = ["CHECKPOINTS", "auc", "train_runs"]
@@ -101,14 +102,14 @@ def _trajectory(dataset: Dataset, run: train.Run, noisy, protocol: train.Protoco
 
 def train_runs(model: str, dataset: Dataset, runs: list[train.Run], protocol: train.Protocol = train.Protocol(),
                device: str = "cpu", progress=None) -> list[dict]:
-    """One trajectory per run, measured at :data:`CHECKPOINTS`; results as :func:`dmcore.train.train_runs`."""
+    """One trajectory per run, measured at :data:`CHECKPOINTS`; results as :func:`dmcore.lab.train.train_runs`."""
     if model != "mnist1d_cnn" or torch.device(device).type != "cpu":
         raise ValueError(f"alignment runs train the MNIST-1D CNN on the CPU, got {model!r} on {device!r}")
     if any(run.loss not in ("cce", "dm") for run in runs):
         raise ValueError(f"an alignment run trains with cce or dm, got {[run.loss for run in runs]}")
     results = []
     for i, run in enumerate(runs):
-        noisy = train.noisy_labels(dataset.y_train, run.noise, run.rate, dataset.num_classes, run.seed)
+        noisy = noise.by_name(dataset.y_train, run.noise, run.rate, dataset.num_classes, run.seed)
         advance = None if progress is None else lambda s, i=i: progress((i * protocol.steps + s) // len(runs))
         history = _trajectory(dataset, run, noisy, protocol, advance)
         results.append({"loss": run.loss, "noise": run.noise, "rate": run.rate, "seed": run.seed,

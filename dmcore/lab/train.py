@@ -17,7 +17,7 @@ over noisy examples; the mean and variance of its loss's weights ``w(p)`` over t
 mean range of its logits (largest minus smallest, which softmax ignores, so only weight decay and
 normalisation hold it back); the expected calibration error of its test predictions (15 bins,
 ``test_ece``, :func:`expected_calibration_error`); and, where the dataset has a validation split
-(:func:`dmcore.data.with_validation`), the validation accuracy against the clean labels and against
+(:func:`dmcore.lab.data.with_validation`), the validation accuracy against the clean labels and against
 labels corrupted like the training labels (same scheme and rate, drawn from ``seed + 100003``), the
 only validation a practitioner with noisy data has. At the end it also gives each class's test
 accuracy (``final_class_acc``).
@@ -46,11 +46,12 @@ import torch
 import torch.nn.functional as F
 from torch.func import functional_call, stack_module_state, vmap
 
-from . import edf as edfs
-from . import losses, models, noise
+from .. import edf as edfs
+from .. import losses
+from . import models, noise
 from .data import Dataset
 
-__all__ = ["Protocol", "Run", "LossSpec", "parse_loss", "noisy_labels", "train_runs", "expected_calibration_error"]
+__all__ = ["Protocol", "Run", "LossSpec", "parse_loss", "train_runs", "expected_calibration_error"]
 
 
 @dataclass(frozen=True)
@@ -58,7 +59,7 @@ class Protocol:
     """SGD with momentum and weight decay, the learning rate divided by 10 at each milestone (a
     fraction of ``steps``), mini-batches drawn without replacement within each epoch.
 
-    These defaults train every loss of the book on MNIST-1D with the CNN of :mod:`dmcore.models`
+    These defaults train every loss of the book on MNIST-1D with the CNN of :mod:`dmcore.lab.models`
     (record ``label-noise``, chapter "Label noise on MNIST-1D"); MAE trains slowest. They are one
     setting, not a tuned one: the record ``label-noise-tuned`` trains every loss at learning rates
     0.01, 0.05 and 0.2 (:class:`Run` takes a learning rate of its own) and chooses on noisy
@@ -139,8 +140,6 @@ def parse_loss(text: str) -> LossSpec:
     """A loss by name, parameters after a colon (the grammar of :func:`dmcore.losses.from_name`)."""
     return LossSpec(text, losses.from_name(text))
 
-
-noisy_labels = noise.by_name
 
 
 def _group_loss(spec: LossSpec, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -274,14 +273,14 @@ def train_runs(model: str, dataset: Dataset, runs: list[Run], protocol: Protocol
         raise ValueError(f"batch size {protocol.batch_size} is larger than the training split of {dataset.name} "
                          f"({num_train} examples)")
 
-    noisy = [noisy_labels(dataset.y_train, r.noise, r.rate, dataset.num_classes, r.seed) for r in runs]
+    noisy = [noise.by_name(dataset.y_train, r.noise, r.rate, dataset.num_classes, r.seed) for r in runs]
     observed = torch.stack([n.labels for n in noisy]).to(device)
     noisy_mask = torch.stack([n.noise_mask for n in noisy]).to(device)
     clean = dataset.y_train.to(device)
     x_val = y_val = val_observed = None
     if dataset.x_val is not None:
         x_val, y_val = dataset.x_val.to(device, dtype), dataset.y_val.to(device)
-        val_observed = torch.stack([noisy_labels(dataset.y_val, r.noise, r.rate, dataset.num_classes,
+        val_observed = torch.stack([noise.by_name(dataset.y_val, r.noise, r.rate, dataset.num_classes,
                                                  r.seed + 100003).labels for r in runs]).to(device)
 
     nets = []

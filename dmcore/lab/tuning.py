@@ -1,7 +1,7 @@
 """Fair tuning: each loss's setting chosen on noisy validation labels, and losses compared seed by seed.
 
-The record ``label-noise-tuned`` (:mod:`dmcore.experiments`) trains every loss family of
-:data:`dmcore.experiments.TUNING` at every learning rate of :data:`dmcore.experiments.TUNING_LRS`:
+The record ``label-noise-tuned`` (:mod:`dmcore.lab.experiments`) trains every loss family of
+:data:`dmcore.lab.experiments.TUNING` at every learning rate of :data:`dmcore.lab.experiments.TUNING_LRS`:
 the same number of configurations for each, five seeds each. :func:`choose` picks a family's
 configuration at one noise setting the way a practitioner without clean data would: the highest
 mean final accuracy on a held-out validation split whose labels are corrupted like the training
@@ -30,7 +30,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from . import experiments
+from . import experiments, records
 
 __all__ = ["Choice", "Paired", "configurations", "at", "choose", "default", "oracle", "paired"]
 
@@ -42,7 +42,7 @@ class Choice:
     """A configuration of one loss family at one noise setting, with its results over seeds.
 
     ``validation`` is the mean final accuracy on the noisy validation labels (the selection score),
-    ``test`` the final test accuracy as a :class:`dmcore.experiments.Stat` over seeds, ``values`` the
+    ``test`` the final test accuracy as a :class:`dmcore.lab.records.Stat` over seeds, ``values`` the
     final test accuracy of each seed (seed order), and ``metrics`` the mean over seeds of the other
     final metrics (``test_ece``, ``logit_range``, ``fit_noisy``, ...)."""
 
@@ -52,7 +52,7 @@ class Choice:
     noise: str
     rate: float
     validation: float
-    test: experiments.Stat
+    test: records.Stat
     values: tuple[float, ...]
     seeds: tuple[int, ...]
     metrics: dict
@@ -73,7 +73,7 @@ def configurations(family: str) -> list[tuple[str, float]]:
 _METRICS = ("test_ece", "logit_range", "fit_clean", "fit_noisy", "p_noisy", "best_test_acc")
 
 
-def _choice(results: experiments.Results, family: str, loss: str, lr: float, noise: str, rate: float,
+def _choice(results: records.Results, family: str, loss: str, lr: float, noise: str, rate: float,
             metric: str = "final_test_acc") -> Choice:
     match = dict(loss=loss, noise=noise, rate=rate, **({} if lr is None else {"lr": lr}))
     rows = sorted(results.select(**match), key=lambda r: r["seed"])
@@ -83,11 +83,11 @@ def _choice(results: experiments.Results, family: str, loss: str, lr: float, noi
     score = -math.inf if any(math.isnan(v) for v in validation) else sum(validation) / len(validation)
     values = tuple(r[metric] for r in rows)
     metrics = {m: sum(r[m] for r in rows) / len(rows) for m in _METRICS if m in rows[0]}
-    return Choice(family, loss, lr, noise, rate, score, experiments._stat(values), values,
+    return Choice(family, loss, lr, noise, rate, score, records.Stat.of(values), values,
                   tuple(r["seed"] for r in rows), metrics)
 
 
-def at(results: experiments.Results, loss: str, lr: float | None, noise: str, rate: float,
+def at(results: records.Results, loss: str, lr: float | None, noise: str, rate: float,
        metric: str = "final_test_acc") -> Choice:
     """One configuration, ``loss`` at learning rate ``lr``, whether chosen or not (e.g. CCE-DN beside
     CCE at the same learning rate); ``lr=None`` for a record whose runs take the protocol's. Its
@@ -95,19 +95,19 @@ def at(results: experiments.Results, loss: str, lr: float | None, noise: str, ra
     return _choice(results, loss, loss, lr, noise, rate, metric)
 
 
-def choose(results: experiments.Results, family: str, noise: str, rate: float) -> Choice:
+def choose(results: records.Results, family: str, noise: str, rate: float) -> Choice:
     """The configuration of ``family`` with the highest mean final noisy-validation accuracy (the
     first in grid order on a tie)."""
     candidates = [_choice(results, family, loss, lr, noise, rate) for loss, lr in configurations(family)]
     return max(candidates, key=lambda c: c.validation)
 
 
-def default(results: experiments.Results, family: str, noise: str, rate: float) -> Choice:
-    """The family's common setting: its first loss of :data:`dmcore.experiments.TUNING` at lr 0.05."""
+def default(results: records.Results, family: str, noise: str, rate: float) -> Choice:
+    """The family's common setting: its first loss of :data:`dmcore.lab.experiments.TUNING` at lr 0.05."""
     return _choice(results, family, experiments.TUNING[family][0], DEFAULT_LR, noise, rate)
 
 
-def oracle(results: experiments.Results, family: str, noise: str, rate: float) -> Choice:
+def oracle(results: records.Results, family: str, noise: str, rate: float) -> Choice:
     """The configuration with the best mean final *test* accuracy: what no practitioner can choose,
     shown only to measure what the noisy-validation choice gives away."""
     candidates = [_choice(results, family, loss, lr, noise, rate) for loss, lr in configurations(family)]
@@ -148,5 +148,5 @@ def paired(a: Choice, b: Choice) -> Paired:
     if a.seeds != b.seeds:
         raise ValueError(f"the choices have different seeds: {a.seeds} and {b.seeds}")
     differences = [x - y for x, y in zip(a.values, b.values)]
-    stat = experiments._stat(differences)
+    stat = records.Stat.of(differences)
     return Paired(stat.mean, stat.ci95, stat.n, sum(d > 0 for d in differences), sum(d < 0 for d in differences))

@@ -42,7 +42,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from . import losses
+from .. import losses
 
 __all__ = ["CPU_SHAPES", "GPU_SHAPES", "Result", "Recorded", "run", "format_table", "save", "load",
            "time_forward_backward", "peak_memory", "peak_bandwidth"]
@@ -239,7 +239,7 @@ class Recorded:
 
 def save(results: list[Result], path, device: str = "cpu", repeats: int = 20) -> Recorded:
     """Write ``results`` with a description of this machine to the JSON file ``path``."""
-    from .experiments import provenance
+    from .records import provenance
 
     here = provenance()
     device = torch.device(device)

@@ -1,11 +1,11 @@
-"""dmcore.train: batched training equals training one run at a time; metrics and loss names."""
+"""dmcore.lab.train: batched training equals training one run at a time; metrics and loss names."""
 
 import math
 
 import pytest
 import torch
 
-from dmcore import data, train
+from dmcore.lab import data, noise, train
 
 SMALL = train.Protocol(steps=30, batch_size=50, lr=0.05, eval_every=10)
 
@@ -63,13 +63,13 @@ def test_clean_runs_have_no_noisy_metrics(digits):
 
 def test_noise_scheme_names():
     labels = torch.arange(10).repeat(20)
-    mapped = train.noisy_labels(labels, "mnist-map", 0.5, 10, seed=0)
+    mapped = noise.by_name(labels, "mnist-map", 0.5, 10, seed=0)
     moved = labels[mapped.noise_mask]
     assert set(moved.tolist()) == {2, 3, 5, 6, 7} and len(moved) == 5 * 10
     assert all(int(mapped.labels[i]) == {2: 7, 3: 8, 5: 6, 6: 5, 7: 1}[int(labels[i])] for i in mapped.noise_mask.nonzero())
-    assert set(labels[train.noisy_labels(labels, "cifar10-map", 0.5, 10, 0).noise_mask].tolist()) == {2, 3, 4, 5, 9}
+    assert set(labels[noise.by_name(labels, "cifar10-map", 0.5, 10, 0).noise_mask].tolist()) == {2, 3, 4, 5, 9}
     with pytest.raises(ValueError, match="unknown noise scheme 'asym'"):
-        train.noisy_labels(labels, "asym", 0.2, 10, seed=0)
+        noise.by_name(labels, "asym", 0.2, 10, seed=0)
 
 
 def test_loss_names():
@@ -85,7 +85,7 @@ def test_loss_names():
         with pytest.raises(ValueError, match=message):
             train.parse_loss(bad)
     with pytest.raises(ValueError, match="unknown noise scheme"):
-        train.noisy_labels(torch.zeros(4, dtype=torch.long), "open-set", 0.2, 10, 0)
+        noise.by_name(torch.zeros(4, dtype=torch.long), "open-set", 0.2, 10, 0)
 
 
 @pytest.mark.parametrize("model", ["mnist1d_cnn", "mlp"])
@@ -205,7 +205,7 @@ def test_batchnorm_models_are_evaluated_in_eval_mode():
     """The running statistics, not the evaluated batch's, and they are left as they were."""
     from torch.func import stack_module_state
 
-    from dmcore import models
+    from dmcore.lab import models
     torch.manual_seed(0)
     nets = [models.resnet20(10) for _ in range(2)]
     for net in nets:
@@ -225,7 +225,7 @@ def test_batchnorm_models_are_evaluated_in_eval_mode():
 
 def test_training_updates_the_batchnorm_statistics_it_evaluates_with(digits):
     """A ResNet trained by train_runs: evaluation in eval mode uses running statistics that training moved."""
-    from dmcore.data import Dataset
+    from dmcore.lab.data import Dataset
     gen = torch.Generator().manual_seed(0)
     ds = Dataset("tiny", torch.randn(16, 3, 32, 32, generator=gen), torch.randint(0, 10, (16,), generator=gen),
                  torch.randn(8, 3, 32, 32, generator=gen), torch.randint(0, 10, (8,), generator=gen), 10)

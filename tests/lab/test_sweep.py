@@ -7,13 +7,13 @@ import sys
 import pytest
 import torch
 
-from dmcore import cli, sweep, train
+from dmcore.lab import cli, data, sweep, train
 
 TINY = train.Protocol(steps=20, batch_size=50, eval_every=10)
 
 
 def rows(path):
-    return sweep._read_csv(path)
+    return sweep.read_csv(path)
 
 
 def test_sweep_writes_tidy_files(tmp_path):
@@ -80,7 +80,7 @@ def test_no_progress_bar_when_not_a_terminal(tmp_path):
     assert "step" not in done.stderr and "1 runs in" in done.stdout
 
 
-def test_results_read_back_as_numbers_and_summarise_over_seeds(tmp_path):
+def test_results_read_back_as_numbers(tmp_path):
     runs = sweep.grid(["cce", "gce"], [("symmetric", [0.0, 0.4])], seeds=2)
     sweep.run_sweep(tmp_path, "digits", "mlp", runs, TINY)
     table, history = sweep.read_results(tmp_path)
@@ -88,28 +88,22 @@ def test_results_read_back_as_numbers_and_summarise_over_seeds(tmp_path):
     clean = [r for r in table if r["rate"] == 0.0]
     assert all(r["fit_noisy"] != r["fit_noisy"] for r in clean)           # NaN: no noisy examples
     assert {h["step"] for h in history} == {0, 10, 20} and isinstance(table[0]["seed"], int)
-    summary = sweep.summarise(table, "best_test_acc")
-    assert set(summary) == {(loss, "symmetric", rate) for loss in ("cce", "gce") for rate in (0.0, 0.4)}
-    values = [r["best_test_acc"] for r in table if r["loss"] == "gce" and r["rate"] == 0.4]
-    mean, std, count = summary["gce", "symmetric", 0.4]
-    assert count == 2 and mean == pytest.approx(sum(values) / 2)
-    assert std == pytest.approx(abs(values[0] - values[1]) / 2 ** 0.5)
     with pytest.raises(FileNotFoundError, match="no finished runs"):
         sweep.read_results(tmp_path / "elsewhere")
 
 
 def test_dataset_names():
-    lt = sweep.load_dataset("digits-lt5")
+    lt = data.by_name("digits-lt5")
     counts = torch.bincount(lt.y_train)
     assert counts[9] == round(int(counts[0]) / 5) and lt.x_val is None
-    both = sweep.load_dataset("digits-lt5-val0.2")
+    both = data.by_name("digits-lt5-val0.2")
     assert len(both.y_train) + len(both.y_val) == len(lt.y_train)
-    assert sweep.load_dataset("mnist1d-2k-val0.5").name == "mnist1d-2k-val0.5"
+    assert data.by_name("mnist1d-2k-val0.5").name == "mnist1d-2k-val0.5"
     with pytest.raises(ValueError, match="dataset cifar10 is read from files: give the folder"):
-        sweep.load_dataset("cifar10")
+        data.by_name("cifar10")
     for bad in ("cifar5", "digits-val", "digits-val0.2-lt5", "digits-40k", "mnist1d-0k"):
         with pytest.raises(ValueError, match="unknown dataset"):
-            sweep.load_dataset(bad)
+            data.by_name(bad)
 
 
 # ---------------------------------------------------------------- every argument is validated

@@ -1,9 +1,9 @@
-"""dmcore.noise: exact realised rates, masks, realised matrices, determinism, bad input."""
+"""dmcore.lab.noise: exact realised rates, masks, realised matrices, determinism, bad input."""
 
 import pytest
 import torch
 
-from dmcore import noise
+from dmcore.lab import noise
 
 CLEAN = torch.arange(2000) % 10          # 200 examples per class
 UNEVEN = torch.cat([torch.full((n,), c) for c, n in enumerate([150, 37, 91, 8, 300])])

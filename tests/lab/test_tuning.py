@@ -1,11 +1,11 @@
-"""dmcore.tuning: the noisy-validation choice, the default, the oracle and the paired comparison."""
+"""dmcore.lab.tuning: the noisy-validation choice, the default, the oracle and the paired comparison."""
 
 import math
 from types import SimpleNamespace
 
 import pytest
 
-from dmcore import experiments, tuning
+from dmcore.lab import experiments, records, tuning
 
 
 class FakeResults:
@@ -53,7 +53,7 @@ def test_a_configuration_with_a_diverged_seed_is_never_chosen():
 
 def test_paired_verdicts():
     def run(family, values):
-        return tuning.Choice(family, family, 0.05, "symmetric", 0.4, 0.5, experiments._stat(values), tuple(values),
+        return tuning.Choice(family, family, 0.05, "symmetric", 0.4, 0.5, records.Stat.of(values), tuple(values),
                              tuple(range(len(values))), {})
     a = run("dm", [0.80, 0.82, 0.81, 0.83, 0.80])
     assert tuning.paired(a, run("cce", [0.70, 0.71, 0.72, 0.70, 0.71])).verdict == "better"

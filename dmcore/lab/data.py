@@ -10,7 +10,7 @@
 - :func:`long_tailed`: a class-imbalanced subset of a training split, class ``c`` keeping
   ``n_max * ratio ** (-c / (C - 1))`` examples (the exponential profile of long-tailed CIFAR).
 - :func:`with_validation`: a stratified part of a training split held out as a validation split (its
-  labels get the same kind of noise as the training labels in :mod:`dmcore.train`).
+  labels get the same kind of noise as the training labels in :mod:`dmcore.lab.train`).
 - :func:`cifar`: CIFAR-10/100 from the official "python version" files (``cifar-10-batches-py`` or
   ``cifar-100-python`` under ``root``, the layout torchvision also reads), standardised per channel with
   the training split's statistics. The files are read, never downloaded.
@@ -58,7 +58,7 @@ class Dataset:
 def mnist1d(num_samples: int = 5000, seed: int = 42, train_split: float = 0.8) -> Dataset:
     """MNIST-1D generated offline; the defaults are the canonical dataset (4000 train / 1000 test).
 
-    The inputs are ``(N, 40)``; the 1-D CNN of :mod:`dmcore.models` adds the channel dimension.
+    The inputs are ``(N, 40)``; the 1-D CNN of :mod:`dmcore.lab.models` adds the channel dimension.
     NumPy's global random state, which the generator reseeds, is restored afterwards. The generated
     arrays are kept for the process (generating takes seconds); each call returns its own tensors.
     """

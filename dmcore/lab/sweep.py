@@ -6,7 +6,7 @@ A sweep directory holds
 - ``runs.csv``: one row per finished run: its configuration, realised noise rate, the step at which
   it diverged (empty if it did not), best and final test accuracy, its final metrics, and each
   class's final test accuracy (``final_class_acc``, space-separated);
-- ``history.csv.gz``: one row per run and evaluation step, with every metric of :mod:`dmcore.train`.
+- ``history.csv.gz``: one row per run and evaluation step, with every metric of :mod:`dmcore.lab.train`.
 
 Numbers are written exactly (Python's shortest round-trip form), so a run read back is the run
 trained, bit for bit; the gzip stream carries no time stamp, so equal results give equal files.
@@ -34,7 +34,7 @@ import torch
 
 from . import data, train
 
-__all__ = ["grid", "run_sweep", "load_dataset", "read_results", "summarise"]
+__all__ = ["grid", "run_sweep", "read_csv", "read_results"]
 
 RUN_COLUMNS = ["run_id", "dataset", "model", "loss", "noise", "rate", "lr", "seed", "realised_rate", "diverged_step",
                "best_test_acc", "final_test_acc", "fit_clean", "fit_noisy", "noisy_to_true", "p_clean", "p_noisy",
@@ -43,8 +43,6 @@ HISTORY_FILE = "history.csv.gz"
 HISTORY_COLUMNS = ["run_id", "step", "test_acc", "fit_clean", "fit_noisy", "noisy_to_true", "p_clean", "p_noisy",
                    "weight_mean", "weight_var", "logit_range", "val_acc", "val_acc_noisy", "test_ece"]
 
-
-load_dataset = data.by_name
 
 
 def grid(losses: list[str], noise: list[tuple[str, list[float]]], seeds: int) -> list[train.Run]:
@@ -76,7 +74,7 @@ def _write_csv(path: pathlib.Path, columns: list[str], rows: list[dict]) -> None
     os.replace(scratch, path)
 
 
-def _read_csv(path: pathlib.Path) -> list[dict]:
+def read_csv(path: pathlib.Path) -> list[dict]:
     if not path.exists():
         return []
     opener = gzip.open if path.suffix == ".gz" else open
@@ -90,6 +88,33 @@ def _columns(rows: list[dict], first: list[str]) -> list[str]:
     return [k for k in first if k in keys] + [k for k in keys if k not in first]
 
 
+class StepBar:
+    """A progress bar over training steps (tqdm, with the time left), shown where ``show`` is true
+    (``None``: when standard error is a terminal). :meth:`callback` gives a fresh ``progress(step)``
+    function for each trainer call, whose steps count from zero again."""
+
+    def __init__(self, total: int, show: bool | None, desc: str):
+        from tqdm import tqdm
+
+        self._bar = tqdm(total=total, disable=not (sys.stderr.isatty() if show is None else show), unit="step",
+                         desc=desc)
+
+    def __enter__(self) -> "StepBar":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._bar.close()
+
+    def callback(self):
+        last = [0]
+
+        def advance(step: int) -> None:
+            self._bar.update(step - last[0])
+            last[0] = step
+
+        return advance
+
+
 def run_sweep(out, dataset: str, model: str, runs: list[train.Run], protocol: train.Protocol,
               device: str = "cpu", chunk: int = 0, progress: bool | None = None, trainer=None,
               data_dir=None) -> list[dict]:
@@ -97,8 +122,8 @@ def run_sweep(out, dataset: str, model: str, runs: list[train.Run], protocol: tr
 
     Returns the rows of ``runs.csv``. ``progress``: show a progress bar (default: when standard
     error is a terminal). ``trainer``: the function that trains a chunk, with the signature and
-    results of :func:`dmcore.train.train_runs` (the default). ``data_dir``: where a dataset read from
-    files is (:func:`dmcore.data.by_name`).
+    results of :func:`dmcore.lab.train.train_runs` (the default). ``data_dir``: where a dataset read from
+    files is (:func:`dmcore.lab.data.by_name`).
     """
     out = pathlib.Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -115,8 +140,8 @@ def run_sweep(out, dataset: str, model: str, runs: list[train.Run], protocol: tr
     scratch.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
     os.replace(scratch, config_path)
 
-    done_rows = _read_csv(out / "runs.csv")
-    history_rows = _read_csv(out / HISTORY_FILE)
+    done_rows = read_csv(out / "runs.csv")
+    history_rows = read_csv(out / HISTORY_FILE)
     done = {row["run_id"] for row in done_rows}
     pending = [r for r in runs if r.run_id not in done]
     if not pending:
@@ -125,18 +150,9 @@ def run_sweep(out, dataset: str, model: str, runs: list[train.Run], protocol: tr
     trainer = trainer or train.train_runs
     size = chunk or len(pending)
     chunks = [pending[i:i + size] for i in range(0, len(pending), size)]
-    show = sys.stderr.isatty() if progress is None else progress
-    from tqdm import tqdm
-
-    with tqdm(total=len(chunks) * protocol.steps, disable=not show, unit="step", desc=f"{len(pending)} runs") as bar:
+    with StepBar(len(chunks) * protocol.steps, progress, f"{len(pending)} runs") as bar:
         for part in chunks:
-            last = [0]
-
-            def advance(step):
-                bar.update(step - last[0])
-                last[0] = step
-
-            for result in trainer(model, ds, part, protocol, device=device, progress=advance):
+            for result in trainer(model, ds, part, protocol, device=device, progress=bar.callback()):
                 final = result["history"][-1]
                 extra = [k for k in result if k not in RUN_COLUMNS and k != "history"]
                 done_rows.append({**{k: result[k] for k in RUN_COLUMNS + extra if k in result},
@@ -144,7 +160,7 @@ def run_sweep(out, dataset: str, model: str, runs: list[train.Run], protocol: tr
                 history_rows.extend({"run_id": result["run_id"], **h} for h in result["history"])
             _write_csv(out / HISTORY_FILE, _columns(history_rows, HISTORY_COLUMNS), history_rows)
             _write_csv(out / "runs.csv", _columns(done_rows, RUN_COLUMNS), done_rows)
-    return _read_csv(out / "runs.csv")
+    return read_csv(out / "runs.csv")
 
 
 _TEXT_COLUMNS = {"run_id", "dataset", "model", "loss", "noise"}
@@ -167,19 +183,5 @@ def read_results(out) -> tuple[list[dict], list[dict]]:
     out = pathlib.Path(out)
     if not (out / "runs.csv").exists():
         raise FileNotFoundError(f"no finished runs in {out}: {out / 'runs.csv'} does not exist")
-    return tuple([{k: _value(k, v) for k, v in row.items()} for row in _read_csv(out / name)]
+    return tuple([{k: _value(k, v) for k, v in row.items()} for row in read_csv(out / name)]
                  for name in ("runs.csv", HISTORY_FILE))
-
-
-def summarise(rows: list[dict], metric: str, by=("loss", "noise", "rate")) -> dict[tuple, tuple[float, float, int]]:
-    """Mean, sample standard deviation (0 for a single run) and count of ``metric`` over the rows
-    that share the values of ``by`` (e.g. the seeds of one configuration), keyed by those values."""
-    groups: dict[tuple, list[float]] = {}
-    for row in rows:
-        groups.setdefault(tuple(row[k] for k in by), []).append(row[metric])
-    out = {}
-    for key, values in groups.items():
-        mean = sum(values) / len(values)
-        var = sum((v - mean) ** 2 for v in values) / (len(values) - 1) if len(values) > 1 else 0.0
-        out[key] = (mean, math.sqrt(var), len(values))
-    return out

@@ -1,10 +1,10 @@
-"""dmcore.models: shapes, sizes, and the by-name constructor."""
+"""dmcore.lab.models: shapes, sizes, and the by-name constructor."""
 
 import pytest
 import torch
 
 from dmcore.kernels.cnn1d_cpu import CNNKernel
-from dmcore import models
+from dmcore.lab import models
 
 
 def test_mnist1d_cnn_shapes_and_size():

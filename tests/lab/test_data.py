@@ -1,4 +1,4 @@
-"""dmcore.data: offline datasets, long-tailed subsets, and the CIFAR reader on files the test writes."""
+"""dmcore.lab.data: offline datasets, long-tailed subsets, and the CIFAR reader on files the test writes."""
 
 import pickle
 
@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from dmcore import data
+from dmcore.lab import data
 
 
 def test_mnist1d_is_the_canonical_dataset_and_leaves_numpy_alone():

@@ -310,7 +310,7 @@ def test_minus_inf_on_other_classes_is_a_mask_and_on_the_label_gives_p_zero():
 def test_backward_through_a_retained_graph(impl):
     """As with F.cross_entropy: a retained graph can be reused with any upstream gradient, and the
     gradient handed back does not alias what the graph keeps (it accumulates into .grad in place)."""
-    if impl == "c" and losses.manipulated.implementation(torch.zeros(1, 2), torch.zeros(1, dtype=torch.long)) != "c":
+    if impl == "c" and losses.edf_operator.implementation(torch.zeros(1, 2), torch.zeros(1, dtype=torch.long)) != "c":
         pytest.skip("the compiled kernel is off or cannot be built")
     logits, target = make_batch((4, 3), dtype=torch.float32)
     once = torch.autograd.grad(losses.DMLoss(impl=impl)(logits, target), logits)[0]
@@ -528,7 +528,7 @@ def test_kernel_build_failure_falls_back_and_says_so(monkeypatch, tmp_path):
     with pytest.warns(RuntimeWarning, match="edf_cpu is not available .*/bin/false failed.*PyTorch path"):
         assert kernels.cpu() is None
     logits, target = make_batch((8, 4), dtype=torch.float32)
-    assert losses.manipulated.implementation(logits, target) == "torch"
+    assert losses.edf_operator.implementation(logits, target) == "torch"
     losses.DMLoss()(logits, target).backward()
     with pytest.raises(RuntimeError, match="impl='c': the compiled kernel could not be built"):
         losses.DMLoss(impl="c")(logits, target)

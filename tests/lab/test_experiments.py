@@ -13,9 +13,10 @@ import numpy as np
 import pytest
 import torch
 
-from dmcore import cli, edf, experiments, sweep, train
+from dmcore import edf
+from dmcore.lab import cli, data, experiments, records, reproduce, sweep, train
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
+ROOT = pathlib.Path(__file__).resolve().parents[2]
 TINY = experiments.Experiment("tiny", "label_noise", "a test's own experiment", "digits", "mlp",
                               train.Protocol(steps=300, eval_every=100),
                               experiments._grid(["cce", "dm"], [("symmetric", [0.0, 0.4])], 3))
@@ -61,7 +62,7 @@ def test_each_committed_record_matches_its_definition_and_names_its_provenance()
     total = 0
     for name, e in experiments.EXPERIMENTS.items():
         folder = ROOT / "book" / "records" / name
-        results = experiments.Results(e, folder)          # raises where the record is stale or incomplete
+        results = records.Results(e, folder)          # raises where the record is stale or incomplete
         assert len(results.runs) == len(e.runs)
         evaluations = {r["run_id"]: 0 for r in results.runs}
         for h in results.history:
@@ -80,8 +81,8 @@ def test_each_committed_record_matches_its_definition_and_names_its_provenance()
 
 def test_a_record_holds_the_runs_exactly(tiny_record):
     runs = [r for r in TINY.runs if r.loss == "dm" and r.rate == 0.4]
-    direct = train.train_runs("mlp", sweep.load_dataset("digits"), runs, TINY.protocol)
-    results = experiments.Results(TINY, tiny_record / "tiny")
+    direct = train.train_runs("mlp", data.by_name("digits"), runs, TINY.protocol)
+    results = records.Results(TINY, tiny_record / "tiny")
     for result in direct:
         (row,) = results.select(loss="dm", rate=0.4, seed=result["seed"])
         assert row["final_test_acc"] == result["final_test_acc"] and row["final_class_acc"] == result["final_class_acc"]
@@ -95,7 +96,7 @@ def test_a_record_holds_the_runs_exactly(tiny_record):
 
 
 def test_the_results_view(tiny_record):
-    results = experiments.Results(TINY, tiny_record / "tiny")
+    results = records.Results(TINY, tiny_record / "tiny")
     values = results.values("final_test_acc", loss="cce", rate=0.4)
     stat = results.stat("final_test_acc", loss="cce", rate=0.4)
     assert len(values) == 3 and stat.mean == pytest.approx(np.mean(values)) and stat.std == pytest.approx(np.std(values, ddof=1))
@@ -104,8 +105,8 @@ def test_the_results_view(tiny_record):
     steps, curve = results.curve("test_acc", loss="cce", rate=0.4)
     assert list(steps) == [0, 100, 200, 300] and curve[-1] == pytest.approx(stat.mean)
     assert len(results.trajectory(loss="dm", rate=0.0, seed=1)) == 4
-    assert experiments.Stat(math.nan, 0, 3, 0).fmt() == "diverged"
-    assert experiments.markdown_table(["a", "b"], [[1, "x"]]) == "| a | b |\n|---|---|\n| 1 | x |"
+    assert records.Stat(math.nan, 0, 3, 0).fmt() == "diverged"
+    assert records.markdown_table(["a", "b"], [[1, "x"]]) == "| a | b |\n|---|---|\n| 1 | x |"
     assert "Record `tiny`: 12 runs trained on" in results.provenance_line()
     with pytest.raises(ValueError, match="no runs match"):
         results.stat("final_test_acc", loss="mae")
@@ -114,12 +115,12 @@ def test_the_results_view(tiny_record):
 def test_a_stale_or_incomplete_record_is_refused(tiny_record, tmp_path):
     longer = dataclasses.replace(TINY, protocol=dataclasses.replace(TINY.protocol, steps=400))
     with pytest.raises(ValueError, match="another configuration"):
-        experiments.Results(longer, tiny_record / "tiny")
+        records.Results(longer, tiny_record / "tiny")
     more = dataclasses.replace(TINY, runs=TINY.runs + (train.Run("mae"),))
     with pytest.raises(ValueError, match="1 runs missing"):
-        experiments.Results(more, tiny_record / "tiny")
+        records.Results(more, tiny_record / "tiny")
     with pytest.raises(FileNotFoundError, match="make experiments"):
-        experiments.Results(TINY, tmp_path / "tiny")
+        records.Results(TINY, tmp_path / "tiny")
 
 
 def test_run_resumes_and_install_copies_a_complete_record(tmp_path, monkeypatch):
@@ -134,13 +135,13 @@ def test_run_resumes_and_install_copies_a_complete_record(tmp_path, monkeypatch)
     assert [len(s["runs"]) for s in sessions] == [2, 2]
     folder = experiments.install(small, tmp_path / "scratch", tmp_path / "records")
     assert sorted(p.name for p in folder.iterdir()) == ["config.json", "history.csv.gz", "provenance.json", "runs.csv"]
-    assert len(experiments.Results(small, folder).runs) == 4
+    assert len(records.Results(small, folder).runs) == 4
 
 
 def test_an_interrupted_session_leaves_no_run_unclaimed(tmp_path, monkeypatch):
     small = dataclasses.replace(TINY, name="small", runs=TINY.runs[:3])
     monkeypatch.setattr(experiments, "_CHUNK", 1)
-    real, calls = experiments._TRAINERS["train"], []
+    real, calls = experiments.TRAINERS["train"], []
 
     def interrupted(*args, **kwargs):
         calls.append(1)
@@ -148,20 +149,34 @@ def test_an_interrupted_session_leaves_no_run_unclaimed(tmp_path, monkeypatch):
             raise KeyboardInterrupt
         return real(*args, **kwargs)
 
-    monkeypatch.setitem(experiments._TRAINERS, "train", interrupted)
+    monkeypatch.setitem(experiments.TRAINERS, "train", interrupted)
     with pytest.raises(KeyboardInterrupt):
         experiments.run(small, tmp_path, progress=False)
-    monkeypatch.setitem(experiments._TRAINERS, "train", real)
+    monkeypatch.setitem(experiments.TRAINERS, "train", real)
     experiments.run(small, tmp_path, progress=False)
     sessions = json.loads((tmp_path / "small" / "provenance.json").read_text())
     assert [sorted(s["runs"]) for s in sessions] == [sorted(r.run_id for r in small.runs)]
 
 
+def test_the_records_folder_comes_from_the_caller(tmp_path, monkeypatch):
+    monkeypatch.delenv("DMCORE_RECORDS", raising=False)
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(FileNotFoundError, match="no folder of records"):
+        records.folder()
+    (tmp_path / "records").mkdir()
+    assert records.folder() == pathlib.Path("records")                    # the book's folder, seen from it
+    (tmp_path / "book" / "records").mkdir(parents=True)
+    assert records.folder() == pathlib.Path("book") / "records"           # a checkout's root
+    monkeypatch.setenv("DMCORE_RECORDS", str(tmp_path / "elsewhere"))
+    assert records.folder() == tmp_path / "elsewhere"
+    assert records.folder(tmp_path / "given") == tmp_path / "given"
+
+
 def test_the_retrain_switch_trains_instead_of_reading(tmp_path, monkeypatch):
     small = dataclasses.replace(TINY, name="small", runs=TINY.runs[:2])
     monkeypatch.setitem(experiments.EXPERIMENTS, "small", small)
-    monkeypatch.setattr(experiments, "SCRATCH", tmp_path)
-    monkeypatch.setattr(experiments, "RECORDS", tmp_path / "nowhere")
+    monkeypatch.setenv("DMCORE_SCRATCH", str(tmp_path))
+    monkeypatch.setenv("DMCORE_RECORDS", str(tmp_path / "nowhere"))
     with pytest.raises(FileNotFoundError):
         experiments.load("small")
     monkeypatch.setenv("DMCORE_RETRAIN", "1")
@@ -171,16 +186,16 @@ def test_the_retrain_switch_trains_instead_of_reading(tmp_path, monkeypatch):
 # ----------------------------------------------------------------------- reproduction
 
 def test_the_sample_is_deterministic_and_drawn_from_the_grid():
-    a = experiments.sample_runs("label-noise", 4)
-    assert a == experiments.sample_runs("label-noise", 4) and len(a) == 4 and len({r.loss for r in a}) > 1
-    assert experiments.sample_runs("label-noise", None) == list(experiments.get("label-noise").runs)
+    a = reproduce.sample_runs("label-noise", 4)
+    assert a == reproduce.sample_runs("label-noise", 4) and len(a) == 4 and len({r.loss for r in a}) > 1
+    assert reproduce.sample_runs("label-noise", None) == list(experiments.get("label-noise").runs)
     with pytest.raises(ValueError, match="at least one run"):
-        experiments.sample_runs("label-noise", 0)
+        reproduce.sample_runs("label-noise", 0)
 
 
 @pytest.mark.parametrize("mode", ["auto", "bitwise", "statistical"])
 def test_the_code_that_made_a_record_reproduces_it(registered, mode):
-    outcome = experiments.reproduce("tiny", sample=4, mode=mode, records=registered, progress=False)
+    outcome = reproduce.reproduce("tiny", sample=4, mode=mode, records=registered, progress=False)
     assert outcome.passed, outcome.table()
     assert set(outcome.modes.values()) == {"bitwise" if mode == "auto" else mode}
     assert len(outcome.modes) == 4 and "equal to the record" in outcome.summary() or mode == "statistical"
@@ -189,7 +204,7 @@ def test_the_code_that_made_a_record_reproduces_it(registered, mode):
 @pytest.mark.parametrize("mode", ["bitwise", "statistical"])
 def test_a_different_learning_rate_fails(registered, mode):
     slower = dataclasses.replace(TINY, protocol=dataclasses.replace(TINY.protocol, lr=TINY.protocol.lr / 100))
-    outcome = experiments.reproduce(slower, sample=4, mode=mode, records=registered, progress=False)
+    outcome = reproduce.reproduce(slower, sample=4, mode=mode, records=registered, progress=False)
     assert not outcome.passed
     assert any(r["metric"] == "final_test_acc" for r in outcome.failures)
     assert "outside the tolerance" in outcome.summary()
@@ -200,20 +215,20 @@ def test_a_wrong_weight_in_a_loss_fails(registered, monkeypatch, mode):
     right = edf.dm
     monkeypatch.setattr(edf, "dm", lambda lam=0.5, beta=8: right(lam, 8 * beta))   # a spread 8 times too large
     only_dm = dataclasses.replace(TINY, runs=tuple(r for r in TINY.runs if r.loss == "dm"))
-    outcome = experiments.reproduce(only_dm, sample=3, mode=mode, records=registered, progress=False)
+    outcome = reproduce.reproduce(only_dm, sample=3, mode=mode, records=registered, progress=False)
     assert not outcome.passed, outcome.table()
 
 
 def test_a_divergence_passes_only_where_the_record_diverged_too(registered, monkeypatch):
-    recorded = experiments.Results(TINY, registered / "tiny")
-    real = experiments._TRAINERS["train"]
+    recorded = records.Results(TINY, registered / "tiny")
+    real = experiments.TRAINERS["train"]
 
     def diverging(*args, **kwargs):
         results = real(*args, **kwargs)
         return [{**r, "final_test_acc": math.nan, "diverged_step": 5} for r in results]
 
-    monkeypatch.setitem(experiments._TRAINERS, "train", diverging)
-    outcome = experiments.reproduce("tiny", sample=2, mode="statistical", records=registered, progress=False)
+    monkeypatch.setitem(experiments.TRAINERS, "train", diverging)
+    outcome = reproduce.reproduce("tiny", sample=2, mode="statistical", records=registered, progress=False)
     assert not outcome.passed and all(r["metric"] == "final_test_acc" for r in outcome.failures)
     assert not any(math.isnan(v) for v in recorded.values("final_test_acc"))   # the record never diverged
 
@@ -227,13 +242,13 @@ def test_a_committed_record_catches_a_deliberate_change(monkeypatch):
     e = experiments.get("label-noise-digits")
     chosen = dataclasses.replace(e, runs=tuple(r for r in e.runs if r.loss in ("cce", "gce", "dm")
                                                and r.rate == 0.4 and r.seed == 0))
-    assert experiments.reproduce(chosen, progress=False).passed
+    assert reproduce.reproduce(chosen, progress=False).passed
     slower = dataclasses.replace(chosen, protocol=dataclasses.replace(e.protocol, lr=e.protocol.lr / 100))
-    outcome = experiments.reproduce(slower, mode="statistical", progress=False)
+    outcome = reproduce.reproduce(slower, mode="statistical", progress=False)
     assert not outcome.passed and {r["run_id"] for r in outcome.failures} >= {"cce|symmetric:0.4|seed=0"}
     monkeypatch.setattr(edf, "dm", lambda lam=0.5, beta=8: edf.cce())
     only_dm = dataclasses.replace(chosen, runs=tuple(r for r in chosen.runs if r.loss == "dm"))
-    outcome = experiments.reproduce(only_dm, mode="statistical", progress=False)
+    outcome = reproduce.reproduce(only_dm, mode="statistical", progress=False)
     assert not outcome.passed, outcome.table()
 
 
@@ -252,12 +267,12 @@ def test_the_command_line(registered, capsys):
 
 
 def test_reproduce_exits_non_zero_past_the_tolerance(registered, monkeypatch, capsys):
-    real = experiments._TRAINERS["train"]
+    real = experiments.TRAINERS["train"]
 
     def slower(model, dataset, runs, protocol, **kwargs):
         return real(model, dataset, runs, dataclasses.replace(protocol, lr=protocol.lr / 100), **kwargs)
 
-    monkeypatch.setitem(experiments._TRAINERS, "train", slower)
+    monkeypatch.setitem(experiments.TRAINERS, "train", slower)
     assert cli.main(["reproduce", "tiny", "--sample", "2", "--records", str(registered)]) == 1
     assert "outside the tolerance" in capsys.readouterr().out
 
@@ -275,11 +290,11 @@ def test_the_landing_page_counts_the_runs_the_experiments_define():
 
 
 def test_bitwise_only_where_the_arithmetic_and_the_path_allow_it():
-    here = {**experiments.provenance(), "kernel": "c"}
+    here = {**records.provenance(), "kernel": "c"}
     cnn, single = experiments.get("label-noise"), experiments.get("alignment")
-    assert experiments._bitwise_possible(cnn, here, here)
-    assert not experiments._bitwise_possible(cnn, {**here, "cpu_capability": "other"}, here)
-    assert not experiments._bitwise_possible(cnn, {**here, "cpu": "another CPU"}, here)
+    assert reproduce._bitwise_possible(cnn, here, here)
+    assert not reproduce._bitwise_possible(cnn, {**here, "cpu_capability": "other"}, here)
+    assert not reproduce._bitwise_possible(cnn, {**here, "cpu": "another CPU"}, here)
     on_torch = {**here, "kernel": "torch"}       # the CNN's PyTorch path depends on the runs trained with it
-    assert not experiments._bitwise_possible(cnn, on_torch, on_torch)
-    assert experiments._bitwise_possible(single, on_torch, on_torch)      # one run at a time
+    assert not reproduce._bitwise_possible(cnn, on_torch, on_torch)
+    assert reproduce._bitwise_possible(single, on_torch, on_torch)      # one run at a time

@@ -14,7 +14,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from dmcore import edf, losses, manipulated
+from dmcore import edf, edf_operator, losses
 
 EDF_MODULES = {"dm": lambda **kw: losses.DMLoss(**kw), "imae": lambda **kw: losses.IMAELoss(**kw),
                "normal": lambda **kw: losses.EDFLoss(edf.normal(0.7, 4), **kw)}
@@ -306,8 +306,8 @@ def test_impl_switch_is_explicit_and_visible(caplog):
         losses.DMLoss(impl="cuda")
     with pytest.raises(ValueError, match="impl='c' needs float32 logits on CPU .* got torch.float64"):
         losses.DMLoss(impl="c")(x, target)
-    assert manipulated.implementation(x, target) == "torch"
-    manipulated._logged.clear()
+    assert edf_operator.implementation(x, target) == "torch"
+    edf_operator._logged.clear()
     with caplog.at_level("INFO", logger="dmcore.losses"):
         losses.DMLoss(impl="torch")(x, target)
     assert "torch path for torch.float64 logits on cpu" in caplog.text
@@ -318,7 +318,7 @@ def test_impl_switch_is_explicit_and_visible(caplog):
 def test_custom_operator_passes_opcheck():
     x, target = batch((6, 4))
     soft = soft_targets((6, 4))
-    key = manipulated.edf_key(edf.dm(0.5, 8))
+    key = edf_operator.edf_key(edf.dm(0.5, 8))
     op = torch.ops.dmcore.edf_loss.default
     cases = [(x, target, None, "mean", "batch", 1e-6, 0.0, True),
              (x, target, torch.rand(4, dtype=torch.float64), "none", "count", 0.0, 0.1, True),

@@ -11,7 +11,7 @@ if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")      # before the kernels are first imported
 pytest.importorskip("triton")
 
-from dmcore import edf, losses, manipulated  # noqa: E402
+from dmcore import edf, edf_operator, losses  # noqa: E402
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 TOLERANCE = {torch.float32: dict(rtol=2e-5, atol=1e-6), torch.float16: dict(rtol=2e-3, atol=2e-4),
@@ -53,7 +53,7 @@ def compare(x, target, dtype=torch.float32, upstream=None, check_value=True, **k
 
 def test_the_triton_path_is_the_one_taken():
     x, target = batch((4, 5))
-    assert manipulated.implementation(x, target, "triton") == "triton"
+    assert edf_operator.implementation(x, target, "triton") == "triton"
     assert "impl=triton" in repr(losses.DMLoss(impl="triton"))
     with pytest.raises(ValueError, match="impl='triton' needs float16, bfloat16 or float32 logits"):
         losses.DMLoss(impl="triton")(x.double(), target)
@@ -131,9 +131,9 @@ def test_bad_input_is_named_as_on_the_other_paths():
 
 
 def test_bench_runs_the_gpu_code_path_under_the_interpreter(monkeypatch):
-    """``python -m dmcore bench --device cuda`` measures with :func:`dmcore.bench.run`: here on CPU tensors,
+    """``python -m dmcore bench --device cuda`` measures with :func:`dmcore.lab.bench.run`: here on CPU tensors,
     with the Triton path forced and the GPU's peak bandwidth given, at small shapes of each kind."""
-    from dmcore import bench
+    from dmcore.lab import bench
     monkeypatch.setattr(bench, "peak_bandwidth", lambda device: 1.0)
     shapes = [((16, 100), torch.bfloat16), ((32, 10), torch.float32), ((1, 3, 4, 4), torch.float32)]
     results = bench.run(DEVICE, shapes, repeats=1, impl="triton")

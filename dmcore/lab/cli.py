@@ -5,8 +5,8 @@
     python -m dmcore sweep --dataset mnist1d --losses cce,mae,gce,imae,dm \
         --noise symmetric:0,0.2,0.4,0.6,0.8 --seeds 3 --out DIR [--steps 6000] [--device cuda]
     python -m dmcore sweep --dataset cifar10 --data-dir DIR --model resnet20 --device cuda --out DIR
-    python -m dmcore experiments [NAME ...] [--list] [--out _build/records] [--no-install]
-    python -m dmcore reproduce NAME [--sample K] [--mode auto|bitwise|statistical]
+    python -m dmcore experiments [NAME ...] [--list] [--out _build/records] [--no-install] [--records DIR]
+    python -m dmcore reproduce NAME [--sample K] [--mode auto|bitwise|statistical] [--records DIR]
 """
 
 from __future__ import annotations
@@ -156,20 +156,23 @@ def _experiments(args) -> int:
     for e in chosen:
         start = time.perf_counter()
         folder = experiments.run(e, args.out)
-        where = experiments.install(e, args.out) if args.install else folder
+        where = experiments.install(e, args.out, args.records) if args.install else folder
         print(f"{e.name}: {len(e.runs)} runs in {where} ({time.perf_counter() - start:.0f} s)", flush=True)
     print(f"{len(chosen)} experiments in {time.perf_counter() - total:.0f} s")
     return 0
 
 
 def _reproduce(args) -> int:
-    from . import experiments
+    from .reproduce import reproduce
 
     _setup(args)
-    outcome = experiments.reproduce(args.name, sample=args.sample, mode=args.mode, records=args.records)
+    outcome = reproduce(args.name, sample=args.sample, mode=args.mode, records=args.records)
     print(outcome.table())
     print(f"{outcome.summary()} in {outcome.seconds:.0f} s")
     return 0 if outcome.passed else 1
+
+
+RECORDS_HELP = "the folder of records (default: DMCORE_RECORDS, else book/records or records under the current directory)"
 
 
 def main(argv=None) -> int:
@@ -212,12 +215,13 @@ def main(argv=None) -> int:
     s.add_argument("--device", type=_device, default="cpu", help="cpu (default), cuda or cuda:K")
     s.add_argument("--threads", type=_positive, default=None, help="torch threads (>= 1; default: torch's own)")
     s.set_defaults(run=_sweep)
-    e = commands.add_parser("experiments", help="train the book's records (resumable) and install them in book/records")
+    e = commands.add_parser("experiments", help="train the book's records (resumable) and install them in the folder of records")
     e.add_argument("names", nargs="*", help="experiments to train (default: all; --list names them)")
     e.add_argument("--list", action="store_true", help="list the experiments and stop")
-    e.add_argument("--out", default=None, help="where to train, resumably (default: _build/records)")
+    e.add_argument("--out", default=None, help="where to train, resumably (default: DMCORE_SCRATCH, else _build/records)")
     e.add_argument("--no-install", dest="install", action="store_false",
-                   help="leave the finished records in --out instead of installing them in book/records")
+                   help="leave the finished records in --out instead of installing them in --records")
+    e.add_argument("--records", default=None, help=RECORDS_HELP)
     e.add_argument("--device", type=_device, default="cpu", help=argparse.SUPPRESS)
     e.add_argument("--threads", type=_positive, default=2, help="torch threads (default 2, as the records were made)")
     e.set_defaults(run=_experiments)
@@ -225,8 +229,8 @@ def main(argv=None) -> int:
     r.add_argument("name", help="the experiment (python -m dmcore experiments --list)")
     r.add_argument("--sample", type=_positive, default=None, help="re-train this many runs, a deterministic sample (default: all)")
     r.add_argument("--mode", choices=["auto", "bitwise", "statistical"], default="auto",
-                   help="auto: bitwise where the arithmetic is the record's, else statistical (see dmcore.experiments)")
-    r.add_argument("--records", default=None, help="the folder of records (default: book/records)")
+                   help="auto: bitwise where the arithmetic is the record's, else statistical (see dmcore.lab.reproduce)")
+    r.add_argument("--records", default=None, help=RECORDS_HELP)
     r.add_argument("--device", type=_device, default="cpu", help=argparse.SUPPRESS)
     r.add_argument("--threads", type=_positive, default=2, help="torch threads (default 2, as the records were made)")
     r.set_defaults(run=_reproduce)

@@ -6,7 +6,7 @@ EDF losses keep the total length of their gradient fixed (derivative normalisati
 implied objective has no minimum (chapter "Derivative manipulation") and only weight decay and
 normalisation layers hold the logits back. LayerNorm rather than BatchNorm keeps no running
 statistics, so many copies of the network can be trained together with ``torch.func``
-(:mod:`dmcore.train`).
+(:mod:`dmcore.lab.train`).
 
 :meth:`MNIST1DCNN.forward_stacked` computes ``R`` copies at once from stacked parameters (as
 ``torch.func.stack_module_state`` makes them), each on its own inputs: on CPU in float32 the whole
@@ -25,7 +25,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .kernels.cnn1d_cpu import CNN_PARAMS, CNNKernel, StackedCNN
+from ..kernels.cnn1d_cpu import CNN_PARAMS, CNNKernel, StackedCNN
 
 __all__ = ["MNIST1DCNN", "MLP", "CifarResNet", "resnet20", "resnet44", "resnet56", "build"]
 

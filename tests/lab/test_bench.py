@@ -1,4 +1,4 @@
-"""dmcore.bench and the command line: measurements that can be checked exactly, and the CLI's output."""
+"""dmcore.lab.bench and the command line: measurements that can be checked exactly, and the CLI's output."""
 
 import subprocess
 import sys
@@ -6,7 +6,7 @@ import sys
 import pytest
 import torch
 
-from dmcore import bench, cli
+from dmcore.lab import bench, cli
 
 
 def test_peak_memory_counts_what_forward_and_backward_allocate():

@@ -1,0 +1,22 @@
+"""The book's lab: everything the chapters need beyond the loss library.
+
+One module per job:
+
+- :mod:`~dmcore.lab.data`: MNIST-1D and digits offline, long-tailed subsets, validation splits, a
+  CIFAR file reader.
+- :mod:`~dmcore.lab.noise`: label-noise generators with exact realised rates.
+- :mod:`~dmcore.lab.models`: the MNIST-1D CNN, an MLP, CIFAR ResNet-20/44/56.
+- :mod:`~dmcore.lab.train`: many runs trained as one batched computation.
+- :mod:`~dmcore.lab.alignment`: gradient directions and weights along a training trajectory.
+- :mod:`~dmcore.lab.sweep`: grids of runs written to tidy files, resumably.
+- :mod:`~dmcore.lab.experiments`: the book's experiments, defined once, trained and installed.
+- :mod:`~dmcore.lab.records`: a record's provenance and the :class:`~dmcore.lab.records.Results` view.
+- :mod:`~dmcore.lab.reproduce`: re-training a sample of a record and the rule it is judged by.
+- :mod:`~dmcore.lab.tuning`: each loss's choice on noisy validation labels, paired comparisons.
+- :mod:`~dmcore.lab.plotting`: the book's figure style.
+- :mod:`~dmcore.lab.bench`: the EDF losses' speed and memory against ``F.cross_entropy``.
+- :mod:`~dmcore.lab.cli`: ``python -m dmcore bench | sweep | experiments | reproduce``.
+
+The lab imports the library (:mod:`dmcore.losses`, :mod:`dmcore.edf`, ...); the library never
+imports the lab.
+"""

@@ -1,0 +1,219 @@
+"""The book's experiments, each defined once; their records trained, installed and loaded.
+
+An :class:`Experiment` names a dataset, a model, a protocol and a grid of runs. Its *record* is a
+folder ``<records>/<name>/`` (:mod:`dmcore.lab.records`); the book commits its records in
+``book/records``. The chapters render from the records (:func:`load` returns a
+:class:`~dmcore.lab.records.Results` view), so a chapter's tables, figures and claims are the same
+on every machine; :mod:`dmcore.lab.reproduce` checks that the code still makes them.
+
+``python -m dmcore experiments`` trains every record (resumable) into the scratch folder (:func:`scratch`)
+and installs each finished one into the folder of records. Setting ``DMCORE_RETRAIN=1`` makes
+:func:`load` train the experiment afresh (into the scratch folder, resumable) and read that
+instead of the committed record: the switch that regenerates a chapter from scratch.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import pathlib
+import shutil
+import time
+from dataclasses import dataclass
+
+from . import alignment, records, sweep, train
+from .records import Results
+
+__all__ = ["Experiment", "EXPERIMENTS", "get", "scratch", "run", "install", "load"]
+
+TRAINERS = {"train": train.train_runs, "alignment": alignment.train_runs}
+_CHUNK = 75   # runs trained together: the fastest per run on 2 cores (README), and a resumable unit
+
+
+@dataclass(frozen=True)
+class Experiment:
+    """One experiment of the book: a grid of runs of one model on one dataset under one protocol.
+
+    ``sample`` is the number of runs a chapter re-trains to show that the code still reproduces the
+    record (:func:`reproduce`); ``trainer`` is ``train`` (:func:`dmcore.lab.train.train_runs`) or
+    ``alignment`` (:func:`dmcore.lab.alignment.train_runs`)."""
+
+    name: str
+    chapter: str
+    description: str
+    dataset: str
+    model: str
+    protocol: train.Protocol
+    runs: tuple[train.Run, ...]
+    sample: int = 4
+    trainer: str = "train"
+
+    @property
+    def seeds(self) -> list[int]:
+        return sorted({r.seed for r in self.runs})
+
+    @property
+    def losses(self) -> list[str]:
+        return list(dict.fromkeys(r.loss for r in self.runs))
+
+    def __repr__(self) -> str:
+        settings = len({(r.noise, r.rate) for r in self.runs})
+        rates = {r.lr for r in self.runs if r.lr is not None}
+        return (f"Experiment({self.name}: {len(self.runs)} runs of {self.model} on {self.dataset}, "
+                f"{len(self.losses)} losses x {settings} noise settings"
+                + (f" x {len(rates)} learning rates" if rates else "")
+                + f" x {len(self.seeds)} seeds, {self.protocol.steps} steps)")
+
+
+def _grid(losses, settings, seeds) -> tuple[train.Run, ...]:
+    return tuple(sweep.grid(list(losses), list(settings), seeds))
+
+
+NATURAL = ("cce", "mae", "mse", "gce", "imae", "dm")
+NORMALISED = ("cce-dn", "mae-dn", "mse-dn", "gce-dn")
+DM_GRID = ("dm:lam=0,beta=0",) + tuple(f"dm:lam={lam:g},beta={beta:g}" for lam in (0, 0.5, 1, 2) for beta in (4, 8, 16, 32))
+IMBALANCE = ("cce", "mae", "gce", "imae", "dm", "dm:lam=0.3,beta=6.5")
+_NO_DECAY = train.Protocol(weight_decay=0.0)
+#: The learning rates every loss is tuned over (0.05 is the book's common default).
+TUNING_LRS = (0.01, 0.05, 0.2)
+#: Each loss's own settings in the tuning grid, its common default first: the papers' setting and one
+#: alternative (derivative normalisation for the losses without a parameter).
+TUNING = {"cce": ("cce", "cce-dn"), "mae": ("mae", "mae-dn"), "gce": ("gce", "gce:q=0.4"),
+          "imae": ("imae", "imae:T=4"), "dm": ("dm", "dm:lam=2,beta=8"), "sce": ("sce", "sce:alpha=1,beta=1"),
+          "nce+rce": ("nce+rce", "nce+rce:alpha=1,beta=100"), "poly1": ("poly1", "poly1:epsilon=2")}
+TUNING_NOISE = (("symmetric", (0.0, 0.4, 0.6)), ("pair", (0.4,)))
+#: The other emphasis density functions of the DM paper, two settings each.
+EDF_FAMILIES = ("normal:psi=0.25,beta=8", "normal:psi=0.75,beta=8", "exponential:beta=2", "exponential:beta=-2",
+                "beta:alpha=2,eta=3", "beta:alpha=4,eta=2")
+#: The losses of the scale experiments, each at its default.
+SCALE = ("cce", "gce", "imae", "dm", "sce", "nce+rce", "poly1")
+_SCALE_NOISE = [("symmetric", [0.4, 0.6, 0.8]), ("mnist-map", [0.4])]
+
+
+def _tuning_grid(seeds: int) -> tuple[train.Run, ...]:
+    """Every loss's settings at every learning rate, learning rates outermost (runs that share one
+    train together), then loss, setting, noise, seed."""
+    return tuple(train.Run(loss, scheme, rate, seed, lr) for lr in TUNING_LRS for settings in TUNING.values()
+                 for loss in settings for scheme, rates in TUNING_NOISE for rate in rates for seed in range(seeds))
+
+
+def _define() -> dict[str, Experiment]:
+    mnist, cnn = "mnist1d", "mnist1d_cnn"
+    label_noise = [("symmetric", [0.0, 0.2, 0.4, 0.6, 0.8]), ("pair", [0.2, 0.4])]
+    experiments = [
+        Experiment("label-noise", "label_noise", "ten weighting schemes under symmetric and pair noise",
+                   mnist, cnn, train.Protocol(), _grid(NATURAL + NORMALISED, label_noise, 3)),
+        Experiment("label-noise-digits", "label_noise", "the natural losses on sklearn's digits with an MLP",
+                   "digits", "mlp", train.Protocol(steps=2000, eval_every=100),
+                   _grid(NATURAL, [("symmetric", [0.0, 0.4, 0.6])], 3)),
+        Experiment("emphasis", "emphasis_mode_spread", "DM's (lambda, beta) grid with a noisy validation split",
+                   "mnist1d-val0.2", cnn, train.Protocol(steps=3000), _grid(DM_GRID, [("symmetric", [0.0, 0.2, 0.4, 0.6])], 2)),
+        Experiment("eps-objective", "reviewers_questions", "DM with and without the papers' eps, beside CCE",
+                   mnist, cnn, train.Protocol(), _grid(["cce", "dm", "dm:eps=0"], [("symmetric", [0.0])], 3), sample=2),
+        Experiment("eps-objective-no-decay", "reviewers_questions", "the same without weight decay",
+                   mnist, cnn, _NO_DECAY, _grid(["cce", "dm", "dm:eps=0"], [("symmetric", [0.0])], 3), sample=2),
+        Experiment("alignment", "reviewers_questions", "p and the gradients' directions along a trajectory",
+                   mnist, cnn, train.Protocol(steps=3000), _grid(["cce", "dm"], [("symmetric", [0.4])], 3),
+                   sample=1, trainer="alignment"),
+        Experiment("class-noise", "reviewers_questions", "class-dependent noise (the MNIST map of Patrini et al.)",
+                   mnist, cnn, train.Protocol(), _grid(["cce", "gce", "imae", "dm"], [("mnist-map", [0.2, 0.4, 0.6])], 2), sample=2),
+    ]
+    experiments += [
+        Experiment("label-noise-tuned", "label_noise",
+                   "eight losses, each tuned over 3 learning rates x 2 settings of its own on noisy validation labels",
+                   "mnist1d-val0.2", cnn, train.Protocol(steps=3000), _tuning_grid(5)),
+        Experiment("edf-families", "emphasis_mode_spread", "the normal, exponential and beta-density EDFs, trained",
+                   "mnist1d-val0.2", cnn, train.Protocol(steps=3000),
+                   _grid(EDF_FAMILIES, [("symmetric", [0.0, 0.4])], 5), sample=2),
+        Experiment("scale-4k", "scale", "the wider CNN (48 channels) on the 4000 canonical training sequences",
+                   mnist, "mnist1d_cnn_w48", train.Protocol(), _grid(SCALE, _SCALE_NOISE, 3), sample=2),
+        Experiment("scale-40k", "scale", "the wider CNN on 40,000 training sequences, 50 epochs",
+                   "mnist1d-40k", "mnist1d_cnn_w48", train.Protocol(steps=20000, eval_every=1000),
+                   _grid(SCALE, _SCALE_NOISE, 3), sample=1),
+    ]
+    for ratio in (10, 50):
+        experiments += [
+            Experiment(f"imbalance-lt{ratio}", "class_imbalance", f"long-tailed MNIST-1D, ratio {ratio}",
+                       f"mnist1d-lt{ratio}", cnn, train.Protocol(), _grid(IMBALANCE, [("symmetric", [0.0])], 3), sample=3),
+            Experiment(f"imbalance-lt{ratio}-no-decay", "class_imbalance",
+                       f"CCE without weight decay on long-tailed MNIST-1D, ratio {ratio}",
+                       f"mnist1d-lt{ratio}", cnn, _NO_DECAY, _grid(["cce"], [("symmetric", [0.0])], 3), sample=1),
+        ]
+    return {e.name: e for e in experiments}
+
+
+#: Every experiment of the book, by name.
+EXPERIMENTS: dict[str, Experiment] = _define()
+
+
+def get(name) -> Experiment:
+    """The experiment called ``name`` (an :class:`Experiment` is returned as it is)."""
+    if isinstance(name, Experiment):
+        return name
+    if name not in EXPERIMENTS:
+        raise ValueError(f"unknown experiment {name!r}: expected one of {', '.join(EXPERIMENTS)}")
+    return EXPERIMENTS[name]
+
+
+
+
+# --- training and installing records --------------------------------------------------------------
+
+def scratch(out=None) -> pathlib.Path:
+    """Where :func:`run` trains before a record is installed: ``out`` if given, else
+    ``DMCORE_SCRATCH``, else ``_build/records`` under the current directory."""
+    return pathlib.Path(out or os.environ.get("DMCORE_SCRATCH") or pathlib.Path("_build") / "records")
+
+
+def run(experiment, out=None, progress: bool | None = None) -> pathlib.Path:
+    """Train the runs of ``experiment`` missing from ``out/<name>`` (default: :func:`scratch`),
+    resumably, and add this session's provenance, taken when it starts. The session claims every run
+    of the record that no earlier session claims (so runs of an interrupted session are claimed by
+    the one that completes it). Returns the record's folder."""
+    experiment = get(experiment)
+    folder = scratch(out) / experiment.name
+    here = records.provenance(experiment.model)
+    started, start = datetime.datetime.now(datetime.timezone.utc), time.perf_counter()
+    sweep.run_sweep(folder, experiment.dataset, experiment.model, list(experiment.runs), experiment.protocol,
+                    chunk=_CHUNK, progress=progress, trainer=TRAINERS[experiment.trainer])
+    path = folder / "provenance.json"
+    sessions = json.loads(path.read_text()) if path.exists() else []
+    claimed = {run_id for s in sessions for run_id in s["runs"]}
+    new = [r["run_id"] for r in sweep.read_csv(folder / "runs.csv") if r["run_id"] not in claimed]
+    if new:
+        sessions.append({**here, "date": started.strftime("%Y-%m-%d %H:%M UTC"),
+                         "wall_seconds": round(time.perf_counter() - start, 1), "runs": new})
+        partial = path.with_name(path.name + ".partial")
+        partial.write_text(json.dumps(sessions, indent=1) + "\n")
+        os.replace(partial, path)
+    return folder
+
+
+def install(experiment, source=None, target=None) -> pathlib.Path:
+    """Copy a complete record from ``source`` (default :func:`scratch`) into ``target`` (default
+    :func:`dmcore.lab.records.folder`), replacing the record there."""
+    experiment = get(experiment)
+    src = scratch(source) / experiment.name
+    records.check_complete(experiment, src)
+    dst = records.folder(target) / experiment.name
+    staging = dst.with_name(dst.name + ".partial")
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    for name in ("config.json", "runs.csv", sweep.HISTORY_FILE, "provenance.json"):
+        shutil.copy2(src / name, staging / name)
+    shutil.rmtree(dst, ignore_errors=True)
+    os.replace(staging, dst)
+    return dst
+
+
+
+def load(experiment, folder=None) -> Results:
+    """The record of ``experiment`` in ``folder`` (default: :func:`dmcore.lab.records.folder`) as a
+    :class:`~dmcore.lab.records.Results` view. With ``DMCORE_RETRAIN=1`` in the environment the
+    experiment is trained afresh into :func:`scratch` (resumable) and read there."""
+    experiment = get(experiment)
+    if os.environ.get("DMCORE_RETRAIN", "0") not in ("", "0"):
+        return Results(experiment, run(experiment, progress=False))
+    return Results(experiment, records.folder(folder) / experiment.name)
+
