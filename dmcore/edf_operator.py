@@ -16,9 +16,13 @@ is exact and finite at ``p = 1``; for a distribution, ``1 - p_i = sum_c softmax_
 of non-negative terms. With the natural weight of cross-entropy, ``w = 2(1 - p)``, ``g_i`` is
 ``softmax - t``: the gradient of the soft-target cross-entropy ``-sum_c t_c log softmax_c``.
 
-Two paths compute it: PyTorch ops (:func:`_torch_parts`, any device and dtype, the reference) and,
-for float32 on CPU with class indices, the compiled kernel :mod:`dmcore.kernels.edf_cpu`. The
-operator is opaque to ``torch.compile`` (so ``fullgraph=True`` holds whatever runs inside), has a
+Three paths compute it, chosen once per call by :func:`implementation` (``impl`` is ``'auto'``,
+``'torch'``, ``'c'`` or ``'triton'``): PyTorch ops (:func:`_read_torch`, any device and dtype, the
+reference), the compiled CPU kernel :mod:`dmcore.kernels.edf_cpu` (float32, class indices) and the
+Triton kernels :mod:`dmcore.kernels.edf_triton` (CUDA, class indices). Each path reads the logits into
+per-element parts (:class:`_Parts`: ``p``, ``log p``, the targets); the weights ``w(p)``, the
+normaliser and the reduction act on those alike (:func:`_forward`), and the path's own last step turns
+the per-element scale ``c w f / (2Z)`` into the gradient. The operator is opaque to ``torch.compile`` (so ``fullgraph=True`` holds whatever runs inside), has a
 fake implementation for shape propagation, and an autograd formula. With ``create_graph=True`` the
 gradient is recomputed by the PyTorch path as a differentiable function of the logits, so second
 derivatives (gradient penalties, meta-learned weights) are exact; in data-parallel training they
@@ -30,10 +34,11 @@ into the registries :func:`edf_key` and :func:`group_key` fill.
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import warnings
-from typing import Optional
+from typing import Callable, NamedTuple, Optional
 
 import torch
 import torch.distributed as dist
@@ -153,10 +158,84 @@ def _world(group) -> int:
     return 1
 
 
-def _torch_parts(x, tg, weight):
-    """The PyTorch path, differentiable: per element ``(p, log p, 1 - p, cross-entropy)`` and the direction
-    ``d (N, C, ...)`` with ``u = (d - e_y) / 2`` for class indices and ``u = d / (2(1 - p))`` for a
-    distribution; and the flags of bad logits in counted elements."""
+class _Parts(NamedTuple):
+    """What a path reads from the logits, per element ``(N, d1, ..., dk)``; the path's own steps are closures."""
+
+    tg: targets.Targets
+    p: torch.Tensor
+    log_p: torch.Tensor
+    rest: Callable[[], torch.Tensor]                       # 1 - p, accurate near p = 1 (for eps > 0)
+    entropy: Optional[torch.Tensor]                        # a distribution's class-weighted cross-entropy
+                                                           # (None: -log p, computed when needed)
+    problems: Callable[[torch.Tensor, EDF], list]          # the data checks, given the weights w(p)
+    gradient: Callable[[torch.Tensor], torch.Tensor]       # the gradient (N, C, d...) for the scale k
+
+
+def _kernel_targets(input, index, p, weight, ignore_index, check, compute):
+    """The targets of a kernel path, which reads the class indices itself (a bad target gets p = -1)."""
+    counted = index != ignore_index
+    if not check:            # a bad target must weigh nothing (with the checks, it raises instead)
+        counted = counted & ~(p < 0)
+    c = counted if weight is None else torch.where(counted, weight.to(compute)[index.clamp(0, input.shape[1] - 1)],
+                                                   0.0)
+    return targets.Targets(index, counted, None, c, None, [])
+
+
+def _kernel_problems(input, target, weight, ignore_index, compute, tg, p, w, edf):
+    """The kernel paths' data checks: two aminmax passes over per-element vectors (more passes cost as much as
+    the logits when C is small); a message is composed only when raising."""
+    low_p, high_p, low_w, high_w = torch.stack([*torch.aminmax(p), *torch.aminmax(w)]).tolist() \
+        if p.numel() else (0.0, 0.0, 0.0, 0.0)
+    problems = targets.weight_problems(weight)
+    if low_p < 0:            # the message comes from reading the targets again
+        problems.insert(0, (torch.tensor(True), targets.read(input, target, None, ignore_index, 0.0,
+                                                             compute).problems[0][1]))
+    elif math.isnan(high_p):
+        problems.insert(0, targets.nonfinite_logits(tg.counted & torch.isnan(p)))
+    elif not (low_w >= 0 and math.isfinite(high_w)):
+        bad_w = tg.counted & ~(torch.isfinite(w) & (w >= 0))
+        problems.insert(0, (torch.tensor(True), lambda: f"EDF {edf.name} returned a negative or non-finite "
+                                                        f"weight at p = {float(p[bad_w][0]):.6g}"))
+    return problems
+
+
+def _read_c(input, target, weight, ignore_index, label_smoothing, check, compute) -> _Parts:
+    """The compiled CPU kernel (float32, class indices): one pass into the buffer that becomes the gradient."""
+    lib = kernels.cpu(required=True)
+    buf, p, log_p, norm, index = edf_cpu.parts(lib, input, target, ignore_index)
+    tg = _kernel_targets(input, index, p, weight, ignore_index, check, compute)
+    return _Parts(tg, p, log_p, lambda: torch.where(tg.counted, -torch.expm1(log_p), 0.0), None,
+                  functools.partial(_kernel_problems, input, target, weight, ignore_index, compute, tg, p),
+                  lambda k: edf_cpu.scale(lib, buf, index, k, norm, ignore_index))
+
+
+def _read_triton(input, target, weight, ignore_index, label_smoothing, check, compute) -> _Parts:
+    """The Triton kernels (class indices): four numbers per element, the logits read again for the gradient."""
+    p, log_p, one_minus_p, lse, index = _triton().statistics(input, target, ignore_index)
+    tg = _kernel_targets(input, index, p, weight, ignore_index, check, compute)
+    return _Parts(tg, p, log_p, lambda: one_minus_p, None,
+                  functools.partial(_kernel_problems, input, target, weight, ignore_index, compute, tg, p),
+                  lambda k: _triton().gradient(input, index, lse, torch.where(tg.counted, k, 0.0)))
+
+
+def _torch_problems(tg, flags, target, compute, p, w, edf):
+    """The PyTorch path's data checks, as flags raised after one synchronisation."""
+    bad_w = tg.counted & ~(torch.isfinite(w) & (w >= 0))
+    problems = list(tg.problems) + flags + [(bad_w.any(), lambda: f"EDF {edf.name} returned a negative or "
+                                                                  f"non-finite weight at p = {float(p[bad_w][0]):.6g}")]
+    if tg.dist is not None and target.is_floating_point():
+        off = (target.to(compute).sum(1) - 1).abs() > 1e-3
+        problems.append((off.any(), lambda: "class-probability targets must sum to 1 over the classes (dim 1) "
+                                            "for an EDF loss, whose weight is a function of that probability"))
+    return problems
+
+
+def _read_torch(input, target, weight, ignore_index, label_smoothing, check, compute) -> _Parts:
+    """PyTorch's ops, differentiable: any device and dtype, class indices or a distribution. The direction is
+    ``u = (d - e_y) / 2`` with ``d`` the softmax over the other classes for class indices, and
+    ``u = (softmax - t) / (2(1 - p))`` for a distribution."""
+    tg = targets.read(input, target, weight, ignore_index, label_smoothing, compute)
+    x = input.to(compute)
     tiny = torch.finfo(x.dtype).tiny
     x = torch.where(tg.counted.unsqueeze(1), x, 0.0)         # ignored elements: finite and weightless
     if tg.dist is None:
@@ -170,100 +249,76 @@ def _torch_parts(x, tg, weight):
         p, one_minus_p = torch.sigmoid(-d), torch.sigmoid(d)
         log_p = -torch.logaddexp(torch.zeros_like(d), d)
         bad = tg.counted & (torch.isnan(d) | (z_y == math.inf) | (lse == math.inf))
-        return p, log_p, one_minus_p, -log_p.clamp_min(math.log(tiny)), direction, bad
-    t = tg.dist
-    log_probs = torch.log_softmax(x, 1)
-    probs = log_probs.exp()
-    p = (t * probs).sum(1)
-    one_minus_p = (probs * (1 - t)).sum(1)                   # = 1 - p without cancellation
-    terms = torch.where(t > 0, t * -log_probs.clamp_min(math.log(tiny)), 0.0)
-    bad = tg.counted & torch.isnan(log_probs).any(1)
-    return p, torch.log(p), one_minus_p, terms, probs - t, bad
+        entropy = None
+
+        def gradient(k):
+            return (direction * k.unsqueeze(1)).scatter(1, index, (-k).unsqueeze(1))
+    else:
+        t = tg.dist
+        log_probs = torch.log_softmax(x, 1)
+        probs = log_probs.exp()
+        p = (t * probs).sum(1)
+        one_minus_p = (probs * (1 - t)).sum(1)               # = 1 - p without cancellation
+        terms = torch.where(t > 0, t * -log_probs.clamp_min(math.log(tiny)), 0.0)
+        bad = tg.counted & torch.isnan(log_probs).any(1)
+        log_p = torch.log(p)
+        shape = (1, -1) + (1,) * (input.dim() - 2)           # the cross-entropy, each class with its weight
+        entropy = terms.sum(1) if weight is None else (terms * weight.to(compute).view(shape)).sum(1)
+
+        def gradient(k):
+            scale = torch.where(one_minus_p > 0, k / torch.where(one_minus_p > 0, one_minus_p, 1.0), 0.0)
+            return (probs - t) * scale.unsqueeze(1)
+    flags = [targets.nonfinite_logits(bad)]
+    return _Parts(tg, p, log_p, lambda: one_minus_p, entropy,
+                  functools.partial(_torch_problems, tg, flags, target, compute, p), gradient)
+
+
+_READ = {"c": _read_c, "triton": _read_triton, "torch": _read_torch}
+
+
+def _weigh(parts, edf, weight):
+    """The EDF's weights ``w(p)`` (0 where not counted) and with the class weights ``c w``."""
+    w = torch.where(parts.tg.counted, edf(parts.p), 0.0)
+    return w, (w if weight is None and parts.tg.dist is None else parts.tg.c * w)
+
+
+def _normaliser(tg, cw, reduction, normalizer, group, z_given, compute, device):
+    """``Z``: 1 unless ``'mean'``; then the batch's sum of ``c w`` or of the class weights, over the ranks;
+    with ``z_given``, the forward's ``Z``, differentiable in this rank's share (double backward)."""
+    if reduction != "mean":
+        return torch.ones((), dtype=compute, device=device)
+    total = cw.sum() if normalizer == "batch" else (tg.count if tg.count is not None else tg.c).sum()
+    if z_given is None:
+        z = _synced(total.to(compute), group)
+        return torch.where(z > 0, z, torch.ones_like(z))    # nothing counts: loss 0, gradient 0
+    if normalizer == "batch":
+        share = total / _world(group)
+        return torch.where(z_given > 0, share + (z_given - share).detach(), z_given)
+    return z_given
 
 
 def _forward(input, target, weight, edf, ignore_index, reduction, normalizer, group, eps, label_smoothing, check,
              path, need_grad, z_given=None):
-    """``(value, gradient or an empty tensor, Z)``; with ``z_given`` (the forward's ``Z``), the gradient
-    as a differentiable function of ``input`` (double backward)."""
+    """``(value, gradient or an empty tensor, Z)`` on ``path``; with ``z_given`` (the forward's ``Z``), the
+    gradient as a differentiable function of ``input`` (double backward)."""
     compute = targets.compute_dtype(input.dtype)
-    kernel = path in ("c", "triton")
-    if kernel:   # the kernel reads the class indices itself: a bad target gets p = -1, bad logits p = NaN
-        if path == "c":
-            lib = kernels.cpu(required=True)
-            buf, p, log_p, norm, index = edf_cpu.parts(lib, input, target, ignore_index)
-        else:
-            p, log_p, one_minus_p, lse, index = _triton().statistics(input, target, ignore_index)
-        counted = index != ignore_index
-        if not check:            # a bad target must weigh nothing (with the checks, it raises instead)
-            counted = counted & ~(p < 0)
-        tg = targets.Targets(index, counted, None, counted if weight is None else torch.where(
-            counted, weight.to(compute)[index.clamp(0, input.shape[1] - 1)], 0.0), None, [])
-        ce, problems = None, []                          # -log p is computed when needed (memory)
+    parts = _READ[path](input, target, weight, ignore_index, label_smoothing, check, compute)
+    w, cw = _weigh(parts, edf, weight)
+    problems = parts.problems(w, edf) if check else []
+    if parts.entropy is None:
+        values = cw * -parts.log_p.clamp_min(math.log(torch.finfo(compute).tiny))
     else:
-        tg = targets.read(input, target, weight, ignore_index, label_smoothing, compute)
-        problems = list(tg.problems) if check else []
-        p, log_p, one_minus_p, ce, direction, bad = _torch_parts(input.to(compute), tg, weight)
-        if check:
-            problems.append(targets.nonfinite_logits(bad))
-    w = torch.where(tg.counted, edf(p), 0.0)
-    cw = w if weight is None and tg.dist is None else tg.c * w
-    if check and kernel:         # few passes over per-element vectors: they cost as much as the logits for small C
-        low_p, high_p, low_w, high_w = torch.stack([*torch.aminmax(p), *torch.aminmax(w)]).tolist() \
-            if p.numel() else (0.0, 0.0, 0.0, 0.0)
-        problems = targets.weight_problems(weight)
-        if low_p < 0:            # the message comes from reading the targets again, only when raising
-            problems.insert(0, (torch.tensor(True), targets.read(input, target, None, ignore_index, 0.0,
-                                                                 compute).problems[0][1]))
-        elif math.isnan(high_p):
-            problems.insert(0, targets.nonfinite_logits(tg.counted & torch.isnan(p)))
-        elif not (low_w >= 0 and math.isfinite(high_w)):
-            bad_w = tg.counted & ~(torch.isfinite(w) & (w >= 0))
-            problems.insert(0, (torch.tensor(True), lambda: f"EDF {edf.name} returned a negative or non-finite "
-                                                            f"weight at p = {float(p[bad_w][0]):.6g}"))
-    elif check:
-        bad_w = tg.counted & ~(torch.isfinite(w) & (w >= 0))
-        problems.append((bad_w.any(), lambda: f"EDF {edf.name} returned a negative or non-finite weight "
-                                              f"at p = {float(p[bad_w][0]):.6g}"))
-        if tg.dist is not None and target.is_floating_point():
-            off = (target.to(compute).sum(1) - 1).abs() > 1e-3
-            problems.append((off.any(), lambda: "class-probability targets must sum to 1 over the classes (dim 1) "
-                                                "for an EDF loss, whose weight is a function of that probability"))
-    if tg.dist is not None:   # the cross-entropy against the distribution, each class with its weight
-        shape = (1, -1) + (1,) * (input.dim() - 2)
-        ce = ce.sum(1) if weight is None else (ce * weight.to(compute).view(shape)).sum(1)
-        values = w * ce
-    else:
-        values = cw * (-log_p.clamp_min(math.log(torch.finfo(compute).tiny)) if ce is None else ce)
-    if reduction == "mean":
-        total = cw.sum() if normalizer == "batch" else (tg.count if tg.count is not None else tg.c).sum()
-        if z_given is None:
-            z = _synced(total.to(compute), group)
-            z = torch.where(z > 0, z, torch.ones_like(z))    # nothing counts: loss 0, gradient 0
-        elif normalizer == "batch":                          # differentiable in this rank's share
-            share = total / _world(group)
-            z = torch.where(z_given > 0, share + (z_given - share).detach(), z_given)
-        else:
-            z = z_given
-    else:
-        z = torch.ones((), dtype=compute, device=input.device)
+        values = w * parts.entropy
+    z = _normaliser(parts.tg, cw, reduction, normalizer, group, z_given, compute, input.device)
     targets.raise_for(problems)                              # the one synchronisation (none with check=False)
     out = values if reduction == "none" else values.sum() / z if reduction == "mean" else values.sum()
     if not need_grad:
         return out.to(input.dtype), input.new_empty(0, dtype=compute), z
     k = cw * (0.5 / z)                                       # half the length of each element's gradient
     if eps > 0:                                              # the code's 2 - 2p + eps in place of 2(1 - p)
-        r = torch.where(tg.counted, -2 * torch.expm1(log_p), 0.0) if path == "c" else 2 * one_minus_p
+        r = 2 * parts.rest()
         k = k * (r / (r + eps))
-    if path == "c":
-        grad = edf_cpu.scale(lib, buf, index, k, norm, ignore_index)
-    elif path == "triton":
-        grad = _triton().gradient(input, index, lse, torch.where(tg.counted, k, 0.0))
-    elif tg.dist is None:
-        grad = (direction * k.unsqueeze(1)).scatter(1, tg.index.unsqueeze(1), (-k).unsqueeze(1))
-    else:
-        scale = torch.where(one_minus_p > 0, k / torch.where(one_minus_p > 0, one_minus_p, 1.0), 0.0)
-        grad = direction * scale.unsqueeze(1)
-    return out.to(input.dtype), grad, z
+    return out.to(input.dtype), parts.gradient(k), z
 
 
 def _log_path(path, input):
