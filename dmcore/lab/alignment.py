@@ -26,7 +26,7 @@ import math
 import torch
 import torch.nn as nn
 
-from .. import edf, losses
+from .. import losses
 from . import models, noise, train
 from .data import Dataset
 
@@ -78,10 +78,7 @@ def _trajectory(dataset: Dataset, run: train.Run, noisy, protocol: train.Protoco
     observed, is_noisy = noisy.labels, noisy.noise_mask
     torch.manual_seed(run.seed)
     model = models.MNIST1DCNN(dataset.num_classes)
-    opt = torch.optim.SGD(model.parameters(), lr=protocol.lr, momentum=protocol.momentum,
-                          weight_decay=protocol.weight_decay)
-    milestones = sorted({round(f * protocol.steps) for f in protocol.milestones})
-    sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones, 0.1)
+    opt, sched = protocol.optimiser(model.parameters())
     order = torch.Generator().manual_seed(10_000 + run.seed)
     loss_fn = nn.CrossEntropyLoss() if run.loss == "cce" else losses.DMLoss()
     history, step = [], 0
@@ -110,7 +107,7 @@ def train_runs(model: str, dataset: Dataset, runs: list[train.Run], protocol: tr
     results = []
     for i, run in enumerate(runs):
         noisy = noise.by_name(dataset.y_train, run.noise, run.rate, dataset.num_classes, run.seed)
-        advance = None if progress is None else lambda s, i=i: progress((i * protocol.steps + s) // len(runs))
+        advance = train.progress_part(progress, i, len(runs), protocol.steps)
         history = _trajectory(dataset, run, noisy, protocol, advance)
         results.append({"loss": run.loss, "noise": run.noise, "rate": run.rate, "seed": run.seed,
                         "run_id": run.run_id, "model": model, "dataset": dataset.name, "history": history,

@@ -43,7 +43,6 @@ import math
 from dataclasses import asdict, dataclass, field, replace
 
 import torch
-import torch.nn.functional as F
 from torch.func import functional_call, stack_module_state, vmap
 
 from .. import edf as edfs
@@ -91,6 +90,13 @@ class Protocol:
         edfs.check_parameter("Protocol.weight_decay", self.weight_decay, 0)
         for m in self.milestones:
             edfs.check_parameter("a Protocol milestone", m, 0, 1)
+
+    def optimiser(self, parameters) -> tuple[torch.optim.SGD, torch.optim.lr_scheduler.MultiStepLR]:
+        """SGD over ``parameters`` with this protocol's learning rate, momentum and weight decay, and
+        its schedule (the learning rate divided by 10 at each milestone), stepped once per step."""
+        optimizer = torch.optim.SGD(parameters, lr=self.lr, momentum=self.momentum, weight_decay=self.weight_decay)
+        milestones = sorted({round(f * self.steps) for f in self.milestones})
+        return optimizer, torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones, gamma=0.1)
 
 
 @dataclass(frozen=True)
@@ -180,10 +186,12 @@ def _evaluate(base, params, buffers, x, chunk=1000):
         base.train()
 
 
-def _metrics(specs, logits_train, logits_test, observed, clean, noisy_mask, y_test, logits_val=None, val_observed=None,
-             y_val=None):
+def _metrics(specs, splits: "_Splits", logits_train, logits_test, logits_val=None) -> list[dict]:
+    """Each run's metrics at one evaluation (the module docstring lists them) from its logits on the
+    full training, test and (where there is one) validation split."""
     out = []
     nan = float("nan")
+    observed, clean, noisy_mask, y_test = splits.observed, splits.clean, splits.noisy_mask, splits.y_test
     for r, spec in enumerate(specs):
         prob = logits_train[r].float().softmax(1)
         p_obs = prob.gather(1, observed[r][:, None]).squeeze(1)
@@ -203,8 +211,8 @@ def _metrics(specs, logits_train, logits_test, observed, clean, noisy_mask, y_te
             "weight_mean": w.mean().item(),
             "weight_var": w.var(unbiased=False).item(),
             "logit_range": (extremes.max - extremes.min).mean().item(),
-            "val_acc": nan if val_pred is None else (val_pred == y_val).float().mean().item(),
-            "val_acc_noisy": nan if val_pred is None else (val_pred == val_observed[r]).float().mean().item(),
+            "val_acc": nan if val_pred is None else (val_pred == splits.y_val).float().mean().item(),
+            "val_acc_noisy": nan if val_pred is None else (val_pred == splits.val_observed[r]).float().mean().item(),
             "test_ece": expected_calibration_error(logits_test[r], y_test),
         })
     return out
@@ -251,95 +259,182 @@ def train_runs(model: str, dataset: Dataset, runs: list[Run], protocol: Protocol
     """
     if not runs:
         return []
-    rates = sorted({protocol.lr if r.lr is None else r.lr for r in runs})
+    rates = sorted({_learning_rate(r, protocol) for r in runs})
     if len(rates) > 1:   # the stacked optimiser has one learning rate: train each rate's runs apart
-        done = {}
-        for i, lr in enumerate(rates):
-            part = [r for r in runs if (protocol.lr if r.lr is None else r.lr) == lr]
-            report = None if progress is None else \
-                (lambda step, i=i: progress((i * protocol.steps + step) // len(rates)))
-            for result in train_runs(model, dataset, part, protocol, device, dtype, report):
-                done[result["run_id"]] = result
-        return [done[r.run_id] for r in runs]
+        return _train_by_learning_rate(model, dataset, runs, protocol, device, dtype, progress, rates)
     protocol = replace(protocol, lr=rates[0])
     specs = [parse_loss(r.loss) for r in runs]
     device = torch.device(device)
+    splits = _splits(dataset, runs, protocol.batch_size, device, dtype)
+    stack = _Stack.build(model, dataset.num_classes, splits.x_train[0].numel(), runs, device, dtype)
+    optimizer, scheduler = protocol.optimiser(stack.params.values())
+    groups = _loss_groups(specs, device)
+    histories, diverged = [[] for _ in runs], [None for _ in runs]
+
+    logits_test = _record(0, stack, splits, specs, diverged, histories)
+    batches = _mini_batches(runs, len(splits.x_train), protocol.batch_size, device)
+    for step, idx in zip(range(1, protocol.steps + 1), batches):
+        logits = stack(splits.x_train[idx])
+        groups = _without_diverged(groups, logits, diverged, step)
+        _sgd_step(specs, groups, logits, torch.gather(splits.observed, 1, idx), optimizer, scheduler)
+        if step % protocol.eval_every == 0 or step == protocol.steps:
+            logits_test = _record(step, stack, splits, specs, diverged, histories)
+        if progress is not None:
+            progress(step)
+    return _results(model, dataset, runs, splits, histories, diverged, logits_test)
+
+
+def _learning_rate(run: Run, protocol: Protocol) -> float:
+    return protocol.lr if run.lr is None else run.lr
+
+
+def progress_part(progress, index: int, parts: int, steps: int):
+    """The ``progress(step)`` of part ``index`` of ``parts`` trained one after another, ``steps`` steps
+    each, reporting to ``progress`` the steps of the whole (None where ``progress`` is None)."""
+    if progress is None:
+        return None
+    return lambda step: progress((index * steps + step) // parts)
+
+
+def _train_by_learning_rate(model, dataset, runs, protocol, device, dtype, progress, rates) -> list[dict]:
+    """:func:`train_runs` of each learning rate's runs apart, the results in the order of ``runs``."""
+    done = {}
+    for i, lr in enumerate(rates):
+        part = [r for r in runs if _learning_rate(r, protocol) == lr]
+        report = progress_part(progress, i, len(rates), protocol.steps)
+        for result in train_runs(model, dataset, part, protocol, device, dtype, report):
+            done[result["run_id"]] = result
+    return [done[r.run_id] for r in runs]
+
+
+@dataclass(frozen=True)
+class _Splits:
+    """The dataset's splits on the training device, with every run's noisy labels: ``observed`` and
+    ``noisy_mask`` ``(R, N)``, the realised noise rates, and on a validation split labels corrupted like
+    the training labels (``val_observed``, drawn from ``run.seed + 100003``)."""
+
+    x_train: torch.Tensor
+    x_test: torch.Tensor
+    y_test: torch.Tensor
+    clean: torch.Tensor
+    observed: torch.Tensor
+    noisy_mask: torch.Tensor
+    realised_rates: list[float]
+    x_val: torch.Tensor | None = None
+    y_val: torch.Tensor | None = None
+    val_observed: torch.Tensor | None = None
+
+
+def _splits(dataset: Dataset, runs: list[Run], batch_size: int, device, dtype) -> _Splits:
+    """:class:`_Splits` of ``dataset`` for ``runs``; a batch larger than the training split is refused."""
     x_train = dataset.x_train.to(device, dtype)
     x_test = dataset.x_test.to(device, dtype)
     y_test = dataset.y_test.to(device)
-    num_train = len(x_train)
-    in_features = x_train[0].numel()
-    if protocol.batch_size > num_train:
-        raise ValueError(f"batch size {protocol.batch_size} is larger than the training split of {dataset.name} "
-                         f"({num_train} examples)")
-
+    if batch_size > len(x_train):
+        raise ValueError(f"batch size {batch_size} is larger than the training split of {dataset.name} "
+                         f"({len(x_train)} examples)")
     noisy = [noise.by_name(dataset.y_train, r.noise, r.rate, dataset.num_classes, r.seed) for r in runs]
     observed = torch.stack([n.labels for n in noisy]).to(device)
     noisy_mask = torch.stack([n.noise_mask for n in noisy]).to(device)
-    clean = dataset.y_train.to(device)
-    x_val = y_val = val_observed = None
+    val = {}
     if dataset.x_val is not None:
-        x_val, y_val = dataset.x_val.to(device, dtype), dataset.y_val.to(device)
-        val_observed = torch.stack([noise.by_name(dataset.y_val, r.noise, r.rate, dataset.num_classes,
-                                                 r.seed + 100003).labels for r in runs]).to(device)
+        val_observed = [noise.by_name(dataset.y_val, r.noise, r.rate, dataset.num_classes, r.seed + 100003).labels
+                        for r in runs]
+        val = dict(x_val=dataset.x_val.to(device, dtype), y_val=dataset.y_val.to(device),
+                   val_observed=torch.stack(val_observed).to(device))
+    return _Splits(x_train, x_test, y_test, dataset.y_train.to(device), observed, noisy_mask,
+                   [n.rate for n in noisy], **val)
 
-    nets = []
-    with torch.random.fork_rng(devices=[]):   # the caller's random state is left as it was
-        for r in runs:
-            torch.manual_seed(r.seed)
-            nets.append(models.build(model, dataset.num_classes, in_features).to(device, dtype))
-    params, buffers = stack_module_state(nets)
-    params = {k: v.detach().requires_grad_() for k, v in params.items()}
-    base = copy.deepcopy(nets[0]).to("meta")
-    forward = _stacked(base)
-    optimizer = torch.optim.SGD(params.values(), lr=protocol.lr, momentum=protocol.momentum,
-                                weight_decay=protocol.weight_decay)
-    milestones = sorted({round(f * protocol.steps) for f in protocol.milestones})
-    scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones, gamma=0.1)
+
+@dataclass(frozen=True)
+class _Stack:
+    """The runs' models as one: stacked parameters (each ``(R, *shape)``, requiring grad) and buffers,
+    the architecture on the meta device, and the batched forward pass of training (:func:`_stacked`)."""
+
+    base: torch.nn.Module
+    params: dict
+    buffers: dict
+    forward: object
+
+    @classmethod
+    def build(cls, model: str, num_classes: int, in_features: int, runs: list[Run], device, dtype) -> "_Stack":
+        """Each run's model initialised from ``torch.manual_seed(run.seed)``, the caller's random state
+        left as it was."""
+        nets = []
+        with torch.random.fork_rng(devices=[]):
+            for r in runs:
+                torch.manual_seed(r.seed)
+                nets.append(models.build(model, num_classes, in_features).to(device, dtype))
+        params, buffers = stack_module_state(nets)
+        params = {k: v.detach().requires_grad_() for k, v in params.items()}
+        base = copy.deepcopy(nets[0]).to("meta")
+        return cls(base, params, buffers, _stacked(base))
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        """The logits ``(R, B, C)`` of training on each run's own batch, ``x (R, B, ...)``."""
+        return self.forward(self.params, self.buffers, x)
+
+    def evaluate(self, x: torch.Tensor) -> torch.Tensor:
+        """The logits ``(R, N, C)`` of every run on ``x`` (shared by all runs), in eval mode."""
+        return _evaluate(self.base, self.params, self.buffers, x)
+
+
+def _loss_groups(specs: list[LossSpec], device) -> dict[str, torch.Tensor]:
+    """The indices of the runs of each loss (one :func:`_group_loss` call per group and step)."""
     groups = {}
     for i, spec in enumerate(specs):
         groups.setdefault(spec.name, []).append(i)
-    groups = {name: torch.tensor(idx, device=device) for name, idx in groups.items()}
-    order_gens = [torch.Generator().manual_seed(10_000 + r.seed) for r in runs]
-    per_epoch = num_train // protocol.batch_size
-    orders, histories, diverged = None, [[] for _ in runs], [None for _ in runs]
+    return {name: torch.tensor(idx, device=device) for name, idx in groups.items()}
 
-    def record(step):
-        logits_train = _evaluate(base, params, buffers, x_train)
-        logits_test = _evaluate(base, params, buffers, x_test)
-        logits_val = None if x_val is None else _evaluate(base, params, buffers, x_val)
-        for r, m in enumerate(_metrics(specs, logits_train, logits_test, observed, clean, noisy_mask, y_test,
-                                       logits_val, val_observed, y_val)):
-            if diverged[r] is not None:
-                m = {key: math.nan for key in m}
-            histories[r].append({"step": step, **m})
-        return logits_test
 
-    logits_test = record(0)
-    for step in range(1, protocol.steps + 1):
-        position = (step - 1) % per_epoch
-        if position == 0:  # a new epoch: each run draws its own permutation
-            orders = torch.stack([torch.randperm(num_train, generator=g) for g in order_gens]).to(device)
-        idx = orders[:, position * protocol.batch_size:(position + 1) * protocol.batch_size]
-        logits = forward(params, buffers, x_train[idx])
-        finite = torch.isfinite(logits).flatten(1).all(1)
-        if not bool(finite.all()):   # these runs diverged: record when, and train the others on
-            for r in (~finite).nonzero().flatten().tolist():
-                diverged[r] = step if diverged[r] is None else diverged[r]
-            groups = {name: members[finite[members]] for name, members in groups.items()}
-            groups = {name: members for name, members in groups.items() if len(members)}
-        targets = torch.gather(observed, 1, idx)
-        optimizer.zero_grad(set_to_none=True)
-        if groups:
-            sum(_group_loss(specs[int(members[0])], logits[members], targets[members])
-                for members in groups.values()).backward()
-            optimizer.step()
-        scheduler.step()
-        if step % protocol.eval_every == 0 or step == protocol.steps:
-            logits_test = record(step)
-        if progress is not None:
-            progress(step)
+def _mini_batches(runs: list[Run], num_train: int, batch_size: int, device):
+    """Each step's indices ``(R, B)``: per epoch each run draws its own permutation (from its generator,
+    seeded ``10_000 + run.seed``) and takes consecutive batches of it; a last partial batch is left out."""
+    generators = [torch.Generator().manual_seed(10_000 + r.seed) for r in runs]
+    while True:
+        orders = torch.stack([torch.randperm(num_train, generator=g) for g in generators]).to(device)
+        for position in range(num_train // batch_size):
+            yield orders[:, position * batch_size:(position + 1) * batch_size]
 
+
+def _without_diverged(groups: dict, logits: torch.Tensor, diverged: list, step: int) -> dict:
+    """``groups`` without the runs whose logits are not all finite: they diverged (the first such step is
+    recorded in ``diverged``) and stop training while the others train on."""
+    finite = torch.isfinite(logits).flatten(1).all(1)
+    if bool(finite.all()):
+        return groups
+    for r in (~finite).nonzero().flatten().tolist():
+        diverged[r] = step if diverged[r] is None else diverged[r]
+    groups = {name: members[finite[members]] for name, members in groups.items()}
+    return {name: members for name, members in groups.items() if len(members)}
+
+
+def _sgd_step(specs, groups, logits, targets, optimizer, scheduler) -> None:
+    """One step of every run still training: each run's own batch loss, one backward pass, SGD."""
+    optimizer.zero_grad(set_to_none=True)
+    if groups:
+        sum(_group_loss(specs[int(members[0])], logits[members], targets[members])
+            for members in groups.values()).backward()
+        optimizer.step()
+    scheduler.step()
+
+
+def _record(step: int, stack: _Stack, splits: _Splits, specs, diverged: list, histories: list) -> torch.Tensor:
+    """Append every run's metrics at ``step`` to its history (NaN once it diverged); the test logits."""
+    logits_train = stack.evaluate(splits.x_train)
+    logits_test = stack.evaluate(splits.x_test)
+    logits_val = None if splits.x_val is None else stack.evaluate(splits.x_val)
+    for r, m in enumerate(_metrics(specs, splits, logits_train, logits_test, logits_val)):
+        if diverged[r] is not None:
+            m = {key: math.nan for key in m}
+        histories[r].append({"step": step, **m})
+    return logits_test
+
+
+def _results(model: str, dataset: Dataset, runs: list[Run], splits: _Splits, histories: list, diverged: list,
+             logits_test: torch.Tensor) -> list[dict]:
+    """Each run's configuration, history and results, from its last evaluation's test logits."""
+    y_test = splits.y_test
     results = []
     for r, run in enumerate(runs):
         history = histories[r]
@@ -348,7 +443,7 @@ def train_runs(model: str, dataset: Dataset, runs: list[Run], protocol: Protocol
                      for c in range(dataset.num_classes)]
         measured = [h["test_acc"] for h in history if not math.isnan(h["test_acc"])]
         results.append({**run.fields(), "run_id": run.run_id, "model": model, "dataset": dataset.name,
-                        "realised_rate": noisy[r].rate, "history": history, "diverged_step": diverged[r],
+                        "realised_rate": splits.realised_rates[r], "history": history, "diverged_step": diverged[r],
                         "best_test_acc": max(measured) if measured else math.nan,
                         "final_test_acc": history[-1]["test_acc"], "final_class_acc": class_acc})
     return results
