@@ -1,4 +1,5 @@
-"""dmcore.lab.bench and the command line: measurements that can be checked exactly, and the CLI's output."""
+"""dmcore.lab.bench and the command line: measurements that can be checked exactly, the CLI's output, and the
+GPU code path (Triton) run under the interpreter."""
 
 import subprocess
 import sys
@@ -55,3 +56,19 @@ def test_command_line_without_cuda_says_so(capsys):
         pytest.skip("this machine has CUDA")
     assert cli.main(["bench", "--device", "cuda"]) == 2
     assert "no CUDA device" in capsys.readouterr().err
+
+
+def test_bench_runs_the_gpu_code_path_under_the_interpreter(monkeypatch):
+    """``python -m dmcore bench --device cuda`` measures with :func:`dmcore.lab.bench.run`: here on CPU tensors
+    under Triton's interpreter (tests/conftest.py) where there is no GPU, with the Triton path forced and the
+    GPU's peak bandwidth given, at small shapes of each kind."""
+    pytest.importorskip("triton")
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    monkeypatch.setattr(bench, "peak_bandwidth", lambda device: 1.0)
+    shapes = [((16, 100), torch.bfloat16), ((32, 10), torch.float32), ((1, 3, 4, 4), torch.float32)]
+    results = bench.run(device, shapes, repeats=1, impl="triton")
+    dm = [r for r in results if r.loss == "DMLoss"]
+    assert [r.dtype for r in dm] == ["bfloat16", "float32", "float32"]
+    assert all(r.bandwidth_fraction == pytest.approx(r.bandwidth_gbs / 1.0) for r in dm)
+    table = bench.format_table(results)
+    assert "16x100" in table and "bfloat16" in table and "of peak" in table

@@ -1,13 +1,11 @@
 """The loss contract a library user relies on: second derivatives, data-parallel calls, every target
 dtype, pickling, validation, soft targets and label smoothing, torch.compile and the custom operator."""
 
-import datetime
 import doctest
+import functools
 import io
 import math
-import os
 import pickle
-import socket
 
 import numpy as np
 import pytest
@@ -21,11 +19,11 @@ EDF_MODULES = {"dm": lambda **kw: losses.DMLoss(**kw), "imae": lambda **kw: loss
 ALL_NAMES = losses.names()
 
 
-def batch(shape=(10, 5), seed=0, dtype=torch.float64, scale=2.0):
-    gen = torch.Generator().manual_seed(seed)
-    x = (scale * torch.randn(shape, generator=gen, dtype=torch.float64)).to(dtype).requires_grad_()
-    target = torch.randint(0, shape[1], (shape[0],) + tuple(shape[2:]), generator=gen)
-    return x, target
+@pytest.fixture
+def batch(make_batch):
+    """``batch(shape, seed=0, dtype=torch.float64)``: logits that require grad, scaled by 2, and every
+    target counted (conftest's ``make_batch``)."""
+    return functools.partial(make_batch, scale=2.0, ignore_every=0)
 
 
 def soft_targets(shape, seed=1):
@@ -38,7 +36,7 @@ def soft_targets(shape, seed=1):
 @pytest.mark.parametrize("name", list(EDF_MODULES))
 @pytest.mark.parametrize("reduction, normalizer", [("mean", "batch"), ("mean", "count"), ("none", "batch")])
 @pytest.mark.parametrize("targets", ["index", "soft", "smoothed"])
-def test_double_backward_is_the_derivative_of_the_manipulated_gradient(name, reduction, normalizer, targets):
+def test_double_backward_is_the_derivative_of_the_manipulated_gradient(name, reduction, normalizer, targets, batch):
     """gradgradcheck: the second derivative autograd gives equals finite differences of the gradient."""
     x, target = batch((6, 4), seed=3)
     target[1] = -100
@@ -49,7 +47,7 @@ def test_double_backward_is_the_derivative_of_the_manipulated_gradient(name, red
     assert torch.autograd.gradgradcheck(lambda z: loss(z, target), (x,), eps=1e-6, atol=1e-5, rtol=1e-4)
 
 
-def test_a_gradient_penalty_keeps_its_term():
+def test_a_gradient_penalty_keeps_its_term(batch):
     x, target = batch((8, 5), seed=4)
     (grad,) = torch.autograd.grad(losses.DMLoss()(x, target), x, create_graph=True)
     assert grad.requires_grad                      # it did not before: the penalty silently vanished
@@ -67,11 +65,9 @@ def test_a_gradient_penalty_keeps_its_term():
 
 # ---------------------------------------------------------------- data-parallel calls
 
-def _ddp_worker(rank, world, port, data, out):
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    torch.distributed.init_process_group("gloo", rank=rank, world_size=world, timeout=datetime.timedelta(seconds=60))
-    torch.set_num_threads(1)
-    features, target, state = data
+def _ddp_gradients(rank, world, features, target, state):
+    """An evaluation on rank 0 alone, then rank ``rank``'s share of the batch through
+    DistributedDataParallel with a process group passed to the loss: the parameters' gradients."""
     model = torch.nn.Linear(features.shape[1], 7).double()
     model.load_state_dict(state)
     if rank == 0:                                   # an evaluation on rank 0 alone must not wait for rank 1
@@ -82,23 +78,16 @@ def _ddp_worker(rank, world, port, data, out):
     ddp = torch.nn.parallel.DistributedDataParallel(model)
     shard = slice(rank * len(target) // world, (rank + 1) * len(target) // world)
     losses.DMLoss(process_group=group)(ddp(features[shard]), target[shard]).backward()
-    if rank == 0:
-        torch.save({k: v.grad for k, v in model.named_parameters()}, out)
-    torch.distributed.destroy_process_group()
+    return {k: v.grad for k, v in model.named_parameters()}
 
 
-def test_rank_zero_evaluation_returns_and_a_process_group_can_be_passed(tmp_path):
+def test_rank_zero_evaluation_returns_and_a_process_group_can_be_passed(two_ranks):
     gen = torch.Generator().manual_seed(0)
     features = torch.randn(40, 6, generator=gen, dtype=torch.float64)
     target = torch.randint(0, 7, (40,), generator=gen)
     model = torch.nn.Linear(6, 7).double()
     losses.DMLoss()(model(features), target).backward()
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    out = tmp_path / "grads.pt"
-    torch.multiprocessing.spawn(_ddp_worker, args=(2, port, (features, target, model.state_dict()), out), nprocs=2)
-    distributed = torch.load(out)
+    distributed = two_ranks(_ddp_gradients, features, target, model.state_dict())
     for name, param in model.named_parameters():
         torch.testing.assert_close(distributed[name], param.grad, rtol=1e-12, atol=1e-14)
 
@@ -106,7 +95,7 @@ def test_rank_zero_evaluation_returns_and_a_process_group_can_be_passed(tmp_path
 # ---------------------------------------------------------------- targets of any integer dtype
 
 @pytest.mark.parametrize("name", ALL_NAMES)
-def test_uint8_targets_keep_class_156(name):
+def test_uint8_targets_keep_class_156(name, batch):
     """-100 wraps to 156 when compared with uint8: the class must still count."""
     x, target = batch((6, 200), seed=5, dtype=torch.float32)
     target[:3] = 156
@@ -122,7 +111,7 @@ def test_uint8_targets_keep_class_156(name):
 
 # ---------------------------------------------------------------- pickling
 
-def test_losses_pickle_and_save_with_their_modules():
+def test_losses_pickle_and_save_with_their_modules(batch):
     x, target = batch((5, 4), seed=6, dtype=torch.float32)
     for name in ALL_NAMES + ["dm:lam=1,beta=16"]:
         loss = losses.from_name(name)
@@ -141,7 +130,7 @@ def test_losses_pickle_and_save_with_their_modules():
 
 @pytest.mark.parametrize("name", ["dm", "cce", "gce", "sce"])
 @pytest.mark.parametrize("bad", [-1.0, math.nan, math.inf])
-def test_bad_class_weights_are_named(name, bad):
+def test_bad_class_weights_are_named(name, bad, batch):
     x, target = batch((4, 3))
     weight = torch.tensor([1.0, bad, 1.0], dtype=torch.float64)
     with pytest.raises(ValueError, match=r"weight must be finite and >= 0 for every class, got .* for class 1"):
@@ -152,7 +141,7 @@ def test_bad_class_weights_are_named(name, bad):
 
 
 @pytest.mark.parametrize("name", ["dm", "cce"])
-def test_ignore_index_must_be_an_integer(name):
+def test_ignore_index_must_be_an_integer(name, batch):
     x, target = batch((4, 3))
     for bad in (None, 1.5, True):
         with pytest.raises(TypeError, match="ignore_index must be an integer"):
@@ -177,7 +166,7 @@ def test_numpy_and_tensor_parameters_are_accepted():
     assert edf.imae(torch.tensor(8.0)) is edf.imae(8)
 
 
-def test_class_weight_gradients():
+def test_class_weight_gradients(batch):
     x, target = batch((6, 3))
     weight = torch.tensor([1.0, 2.0, 0.5], dtype=torch.float64, requires_grad=True)
     losses.cce_loss(x, target, weight=weight).backward()           # closed form: autograd reaches the weight
@@ -188,7 +177,7 @@ def test_class_weight_gradients():
         losses.DMLoss(weight=weight)
 
 
-def test_an_integer_weight_error_names_its_dtype():
+def test_an_integer_weight_error_names_its_dtype(batch):
     x, target = batch((4, 3))
     with pytest.raises(TypeError, match="weight must be a floating-point tensor, got dtype torch.int64"):
         losses.dm_loss(x, target, weight=torch.ones(3, dtype=torch.long))
@@ -198,7 +187,7 @@ def test_an_integer_weight_error_names_its_dtype():
 
 @pytest.mark.parametrize("name", ALL_NAMES)
 @pytest.mark.parametrize("bad", [math.nan, math.inf, -math.inf])
-def test_ignored_elements_weigh_nothing_whatever_their_logits(name, bad):
+def test_ignored_elements_weigh_nothing_whatever_their_logits(name, bad, batch):
     x, target = batch((5, 4), dtype=torch.float32)
     x = x.detach().clone()
     x[2] = bad
@@ -213,7 +202,7 @@ def test_ignored_elements_weigh_nothing_whatever_their_logits(name, bad):
 # ---------------------------------------------------------------- no synchronisation with check=False
 
 @pytest.mark.parametrize("name", ALL_NAMES)
-def test_check_false_never_reads_a_value_back(name, monkeypatch):
+def test_check_false_never_reads_a_value_back(name, monkeypatch, batch):
     """No Python-level read of a tensor's value: on a GPU each would wait for the device. (A branch for
     CPU tensors alone may compare tensors in C++, as the EDF losses' backward does for g == 1.)"""
     x, target = batch((6, 4), dtype=torch.float32)
@@ -234,7 +223,7 @@ def test_check_false_never_reads_a_value_back(name, monkeypatch):
 @pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
 @pytest.mark.parametrize("weighted", [False, True])
 @pytest.mark.parametrize("shape", [(7, 5), (3, 4, 2, 3)])
-def test_cce_matches_cross_entropy_with_soft_targets_and_smoothing(reduction, weighted, shape):
+def test_cce_matches_cross_entropy_with_soft_targets_and_smoothing(reduction, weighted, shape, batch):
     x, target = batch(shape, seed=7)
     target.view(-1)[::4] = -100
     weight = torch.tensor([1.0, 2.0, 0.5, 1.5, 3.0][:shape[1]], dtype=torch.float64) if weighted else None
@@ -250,7 +239,7 @@ def test_cce_matches_cross_entropy_with_soft_targets_and_smoothing(reduction, we
 
 
 @pytest.mark.parametrize("smoothing", [0.0, 0.25])
-def test_edf_with_cce_weight_gives_the_soft_cross_entropy_gradient(smoothing):
+def test_edf_with_cce_weight_gives_the_soft_cross_entropy_gradient(smoothing, batch):
     """With w = 2(1 - p_t) and u = (softmax - t) / (2(1 - p_t)), the gradient is softmax - t."""
     x, _ = batch((9, 6), seed=8)
     soft = soft_targets((9, 6))
@@ -261,7 +250,7 @@ def test_edf_with_cce_weight_gives_the_soft_cross_entropy_gradient(smoothing):
 
 
 @pytest.mark.parametrize("name", ["dm", "imae", "normal"])
-def test_one_hot_probability_targets_reduce_to_class_indices(name):
+def test_one_hot_probability_targets_reduce_to_class_indices(name, batch):
     x, target = batch((12, 5), seed=9)
     one_hot = F.one_hot(target, 5).double()
     loss = EDF_MODULES[name](reduction="none")
@@ -271,7 +260,7 @@ def test_one_hot_probability_targets_reduce_to_class_indices(name):
     torch.testing.assert_close(g_soft, g_hard, rtol=1e-10, atol=1e-12)
 
 
-def test_smoothing_zero_and_soft_targets_of_the_smoothed_distribution_agree():
+def test_smoothing_zero_and_soft_targets_of_the_smoothed_distribution_agree(batch):
     x, target = batch((8, 4), seed=10)
     smoothed = F.one_hot(target, 4).double() * 0.8 + 0.2 / 4
     for loss in (losses.DMLoss(), losses.GCELoss(), losses.NCERCELoss()):
@@ -281,7 +270,7 @@ def test_smoothing_zero_and_soft_targets_of_the_smoothed_distribution_agree():
         torch.testing.assert_close(a, loss(x, smoothed), rtol=1e-12, atol=1e-12)
 
 
-def test_closed_form_losses_take_the_expectation_over_the_target():
+def test_closed_form_losses_take_the_expectation_over_the_target(batch):
     x, _ = batch((4, 3), seed=11)
     soft = soft_targets((4, 3))
     p = torch.softmax(x.detach(), 1)
@@ -289,7 +278,7 @@ def test_closed_form_losses_take_the_expectation_over_the_target():
     torch.testing.assert_close(losses.gce_loss(x, soft, reduction="none"), expected)
 
 
-def test_probability_targets_are_checked():
+def test_probability_targets_are_checked(batch):
     x, _ = batch((4, 3))
     with pytest.raises(ValueError, match="must sum to 1"):
         losses.dm_loss(x, torch.full((4, 3), 0.5, dtype=torch.float64))
@@ -299,7 +288,7 @@ def test_probability_targets_are_checked():
 
 # ---------------------------------------------------------------- the implementation switch
 
-def test_impl_switch_is_explicit_and_visible(caplog):
+def test_impl_switch_is_explicit_and_visible(caplog, batch):
     x, target = batch((4, 3))
     assert "impl=torch" in repr(losses.DMLoss(impl="torch"))
     with pytest.raises(ValueError, match="impl must be one of"):
@@ -315,7 +304,7 @@ def test_impl_switch_is_explicit_and_visible(caplog):
 
 # ---------------------------------------------------------------- torch.compile and the custom operator
 
-def test_custom_operator_passes_opcheck():
+def test_custom_operator_passes_opcheck(batch):
     x, target = batch((6, 4))
     soft = soft_targets((6, 4))
     key = edf_operator.edf_key(edf.dm(0.5, 8))
@@ -330,7 +319,7 @@ def test_custom_operator_passes_opcheck():
 
 
 @pytest.mark.slow
-def test_fullgraph_compile_of_a_model_and_its_loss():
+def test_fullgraph_compile_of_a_model_and_its_loss(batch):
     torch._dynamo.reset()
     x, target = batch((16, 8), seed=12, dtype=torch.float32)
     model = torch.nn.Sequential(torch.nn.Linear(8, 8), torch.nn.ReLU(), torch.nn.Linear(8, 8))

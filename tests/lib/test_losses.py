@@ -1,35 +1,26 @@
-"""dmcore.losses against plain-loop references, autograd, gradcheck, and every kind of bad input."""
+"""dmcore.losses against plain-loop references, the papers' formulas, autograd, gradcheck, and every kind
+of bad input.
+
+Every loss gets the checks of :class:`LossTester`, in the manner of kornia's ``BaseTester``: a smoke
+test over shapes, reductions, dtypes and devices, the module against the function, gradcheck in
+float64, empty and all-ignored batches, and bad input and bad arguments named. Its class adds its
+reference: a closed-form loss (:class:`ClosedFormTester`) against the EDF path with its natural weight
+and a value by hand, an EDF loss (:class:`EDFTester`) against a plain-loop reference and the objective
+its manipulated gradient implies, a baseline (:class:`BaselineTester`) against its paper's formula and
+its derived weight. The checks of one property across losses follow the classes."""
 
 import math
-import os
-import shutil
-import socket
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from dmcore import edf, kernels, losses
+from dmcore import edf, losses
 
-EDFS = {"dm": edf.dm(0.5, 8), "imae": edf.imae(8), "dm_lam2": edf.dm(2, 12), "normal": edf.normal(0.7, 4),
-        "cce": edf.cce(), "gce": edf.gce(0.7)}
-NATURAL = {  # EDF with its natural weight and normalizer='count'  ==  the closed-form loss
-    "cce": (edf.cce(), losses.cce_loss),
-    "mae": (edf.mae(), losses.mae_loss),
-    "mse": (edf.mse(), losses.mse_loss),
-    "gce": (edf.gce(0.7), lambda x, t, **kw: losses.gce_loss(x, t, q=0.7, **kw)),
-}
+REDUCTIONS = ["mean", "sum", "none"]
 
 
-def make_batch(shape=(12, 5), seed=0, dtype=torch.float64, scale=3.0, ignore_some=True):
-    gen = torch.Generator().manual_seed(seed)
-    logits = (scale * torch.randn(shape, generator=gen, dtype=torch.float64)).to(dtype)
-    target_shape = (shape[0],) + tuple(shape[2:])
-    target = torch.randint(0, shape[1], target_shape, generator=gen)
-    if ignore_some:
-        target.view(-1)[::5] = -100
-    return logits.requires_grad_(), target
-
+# ---------------------------------------------------------------- references
 
 def loop_reference(logits, target, w, weight=None, ignore_index=-100, reduction="mean", normalizer="batch", eps=0.0):
     """Value and gradient of an EDF loss with plain Python loops over the elements, from the formulas
@@ -62,114 +53,6 @@ def loop_reference(logits, target, w, weight=None, ignore_index=-100, reduction=
     return (value if reduction == "none" else value.sum()), grad
 
 
-# ---------------------------------------------------------------- EDF losses against the loop reference
-
-@pytest.mark.parametrize("name", EDFS)
-@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
-@pytest.mark.parametrize("normalizer", ["batch", "count"])
-@pytest.mark.parametrize("shape", [(12, 5), (3, 4, 2, 3)])
-def test_edf_loss_matches_plain_loop_reference(name, reduction, normalizer, shape):
-    logits, target = make_batch(shape)
-    weight = torch.linspace(0.5, 2.0, shape[1], dtype=torch.float64)
-    value = losses.edf_loss(logits, target, EDFS[name], weight=weight, reduction=reduction, normalizer=normalizer)
-    upstream = torch.rand(value.shape, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
-    (value * upstream).sum().backward()
-    ref_value, ref_grad = loop_reference(logits, target, EDFS[name], weight, reduction=reduction, normalizer=normalizer)
-    torch.testing.assert_close(value.detach(), ref_value, rtol=1e-12, atol=1e-12)
-    expected = ref_grad * (upstream.unsqueeze(1) if reduction == "none" else upstream)
-    torch.testing.assert_close(logits.grad, expected, rtol=1e-10, atol=1e-13)
-
-
-def test_batch_normalised_gradients_have_unit_total_length():
-    """Exactly 1 with eps = 0; with the code's eps each element loses eps / (2(1 - p) + eps) of it."""
-    logits, target = make_batch((64, 10), ignore_some=False)
-    losses.dm_loss(logits, target, eps=0).backward()
-    torch.testing.assert_close(logits.grad.abs().sum(), torch.tensor(1.0, dtype=torch.float64))
-    logits.grad = None
-    losses.dm_loss(logits, target).backward()
-    assert 1 - 1e-4 < logits.grad.abs().sum().item() < 1
-
-@pytest.mark.parametrize("eps", [1e-6, 1e-2])
-@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
-def test_eps_is_the_papers_code_rule(eps, dtype):
-    """The gradient with ``eps`` is the code's ``w / Z (p - e_y) / (2 - 2p + eps)``, through both the
-    kernel (float32 on CPU) and the PyTorch path; the value does not depend on ``eps``."""
-    logits, target = make_batch((64, 7), scale=6.0)
-    logits = logits.detach().to(dtype).requires_grad_()
-    value = losses.dm_loss(logits, target, eps=eps)
-    value.backward()
-    ref_value, ref_grad = loop_reference(logits, target, EDFS["dm"], eps=eps)
-    tol = dict(rtol=1e-10, atol=1e-13) if dtype == torch.float64 else dict(rtol=2e-5, atol=1e-7)
-    torch.testing.assert_close(logits.grad.double(), ref_grad, **tol)
-    torch.testing.assert_close(value.double(), ref_value, **tol)
-    exact = losses.dm_loss(logits, target, eps=0.0)
-    torch.testing.assert_close(value, exact, rtol=0, atol=0)
-
-
-def test_eps_stops_fitted_examples_and_defaults():
-    """With the defaults (eps = 1e-6) a confidently fitted example stops pushing, as in the paper's code;
-    with eps = 0 it keeps pushing with its weight w(1) = 1 (unit L1 length before normalisation)."""
-    confident = torch.tensor([[40.0, 0.0, 0.0]], requires_grad=True)
-    for loss, length in ((losses.DMLoss(reduction="sum"), 0.0), (losses.DMLoss(reduction="sum", eps=0), 1.0),
-                         (losses.IMAELoss(reduction="sum"), 0.0), (losses.EDFLoss(edf.dm(), reduction="sum"), 1.0)):
-        (grad,) = torch.autograd.grad(loss(confident, torch.tensor([0])), confident)
-        assert abs(grad.abs().sum().item() - length) < 1e-6, (loss, grad)
-    assert losses.DMLoss().eps == losses.IMAELoss().eps == 1e-6 and losses.EDFLoss(edf.dm()).eps == 0
-    assert "eps=1e-06" in repr(losses.DMLoss())
-
-
-@pytest.mark.parametrize("eps", [-1e-6, float("nan"), float("inf"), "1e-6", True])
-def test_bad_eps_is_refused(eps):
-    logits, target = make_batch()
-    with pytest.raises(ValueError, match="eps must be a finite number >= 0"):
-        losses.dm_loss(logits, target, eps=eps)
-    with pytest.raises(ValueError, match="eps must be a finite number >= 0"):
-        losses.DMLoss(eps=eps)
-
-# ---------------------------------------------------------------- one mechanism, independently checked
-
-@pytest.mark.parametrize("name", NATURAL)
-@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
-@pytest.mark.parametrize("shape", [(16, 7), (2, 3, 4, 5)])
-def test_edf_path_with_natural_weight_reproduces_closed_form_gradients(name, reduction, shape):
-    weight_fn, closed = NATURAL[name]
-    class_weight = torch.linspace(0.2, 1.5, shape[1], dtype=torch.float64)
-    grads = []
-    for fn in (lambda x, t: losses.edf_loss(x, t, weight_fn, normalizer="count", weight=class_weight, reduction=reduction),
-               lambda x, t: closed(x, t, weight=class_weight, reduction=reduction)):
-        logits, target = make_batch(shape, seed=3)
-        out = fn(logits, target)
-        upstream = torch.rand(out.shape, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
-        (out * upstream).sum().backward()
-        grads.append(logits.grad)
-    torch.testing.assert_close(grads[0], grads[1], rtol=1e-11, atol=1e-14)
-
-
-@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
-def test_cce_loss_equals_pytorch_cross_entropy(reduction):
-    logits, target = make_batch((4, 6, 3, 2), seed=5)
-    weight = torch.rand(6, dtype=torch.float64) + 0.1
-    ours = losses.CCELoss(weight=weight, reduction=reduction)(logits, target)
-    theirs = F.cross_entropy(logits, target, weight=weight, reduction=reduction)
-    torch.testing.assert_close(ours, theirs, rtol=1e-12, atol=1e-12)
-
-
-def test_closed_form_values_at_uniform_probabilities():
-    logits, target = torch.zeros(3, 4, dtype=torch.float64), torch.tensor([0, 1, 2])   # p = 1/4
-    assert math.isclose(losses.mae_loss(logits, target).item(), 0.75, rel_tol=1e-14)
-    assert math.isclose(losses.mse_loss(logits, target).item(), 0.5625, rel_tol=1e-14)
-    assert math.isclose(losses.gce_loss(logits, target, q=0.5).item(), (1 - 0.5) / 0.5, rel_tol=1e-14)
-    assert math.isclose(losses.cce_loss(logits, target).item(), math.log(4), rel_tol=1e-14)
-
-
-@pytest.mark.parametrize("make", [losses.CCELoss, losses.MAELoss, losses.MSELoss, lambda **kw: losses.GCELoss(q=0.6, **kw)])
-@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
-def test_gradcheck_closed_form_losses(make, reduction):
-    logits, target = make_batch((6, 4, 2), seed=7, scale=1.0)
-    module = make(weight=torch.rand(4, dtype=torch.float64) + 0.5, reduction=reduction)
-    assert torch.autograd.gradcheck(lambda x: module(x, target), (logits,))
-
-
 class _ImpliedObjective(torch.autograd.Function):
     """Forward: sum_i c_i L(p_i) / Z with L the implied loss (numerical quadrature); backward: dmcore's
     manipulated gradient. gradcheck compares the two, so the gradient must be that of the objective."""
@@ -194,30 +77,371 @@ class _ImpliedObjective(torch.autograd.Function):
         return grad * grad_output, None, None, None, None
 
 
-@pytest.mark.parametrize("name", ["dm", "imae", "dm_lam2", "normal"])
-def test_gradcheck_edf_losses_against_their_implied_objective(name):
-    logits, target = make_batch((5, 4), seed=11, scale=1.5, ignore_some=False)
-    weight = torch.ones(4, dtype=torch.float64)
-    assert torch.autograd.gradcheck(lambda x: _ImpliedObjective.apply(x, target, EDFS[name], weight, 5.0), (logits,))
+def _baseline_reference(logits, target, name, weight=None, reduction="mean", **params):
+    """Per-element values from the papers' formulas, with plain loops over the elements."""
+    x = logits.detach().double().movedim(1, -1).reshape(-1, logits.shape[1]).tolist()
+    values, cs = [], []
+    for row, y in zip(x, target.reshape(-1).tolist()):
+        if y == -100:
+            values.append(0.0)
+            cs.append(0.0)
+            continue
+        m = max(row)
+        log_probs = [v - m - math.log(sum(math.exp(u - m) for u in row)) for v in row]
+        p = math.exp(log_probs[y])
+        rce = -sum(math.exp(lp) * (0.0 if k == y else -4.0) for k, lp in enumerate(log_probs))   # log 0 := A = -4
+        if name == "sce":
+            value = params["alpha"] * -log_probs[y] + params["beta"] * rce
+        elif name == "nce+rce":
+            value = params["alpha"] * log_probs[y] / sum(log_probs) + params["beta"] * rce
+        else:
+            value = -log_probs[y] + params["epsilon"] * (1 - p)
+        c = 1.0 if weight is None else float(weight[y])
+        values.append(c * value)
+        cs.append(c)
+    out = torch.tensor(values, dtype=torch.float64).reshape(target.shape)
+    if reduction == "none":
+        return out
+    return out.sum() / (sum(cs) if reduction == "mean" else 1.0)
 
 
-def test_functions_and_modules_agree():
-    logits, target = make_batch((10, 6), seed=4)
-    pairs = [(losses.DMLoss(lam=1, beta=4, reduction="sum"), lambda x, t: losses.dm_loss(x, t, lam=1, beta=4, reduction="sum")),
-             (losses.IMAELoss(T=6), lambda x, t: losses.imae_loss(x, t, T=6)),
-             (losses.EDFLoss(edf.normal(0.7, 8), normalizer="count"), lambda x, t: losses.edf_loss(x, t, edf.normal(0.7, 8), normalizer="count")),
-             (losses.GCELoss(q=0.4), lambda x, t: losses.gce_loss(x, t, q=0.4)),
-             (losses.MAELoss(ignore_index=2), lambda x, t: losses.mae_loss(x, t, ignore_index=2))]
-    for module, function in pairs:
-        labels = target.masked_fill(target == -100, 2) if module.ignore_index == 2 else target
-        torch.testing.assert_close(module(logits, labels), function(logits, labels))
-    assert "dm(lam=1, beta=4)" in repr(pairs[0][0])
+BAD_INPUTS = [
+    (lambda: (torch.randn(4, 3), torch.tensor([0, 1, 3, 0])), ValueError, r"target 3 at index \(2,\) is outside \[0, 2\]"),
+    (lambda: (torch.randn(4, 3), torch.tensor([0, -1, 2, 0])), ValueError, r"target -1 at index \(1,\)"),
+    (lambda: (torch.randn(4, 3), torch.rand(4, 2)), ValueError, r"class-probability target shape \(4, 2\) does not match"),
+    (lambda: (torch.randn(4, 3), torch.tensor([0.0, 1.0, 2.0, 0.0])), ValueError, r"expected \(4, 3\)"),
+    (lambda: (torch.randn(4, 3), torch.tensor([True, False, True, True])), TypeError, "targets must be class indices"),
+    (lambda: (torch.randn(4, 3), torch.tensor([[0.5, 0.5, 0], [0, 1, 0], [1, 0, 0], [math.nan, 1, 0]])), ValueError,
+     "class-probability targets must be finite and >= 0"),
+    (lambda: (torch.randn(4, 3), torch.tensor([0, 1, 2])), ValueError, r"target shape \(3,\) does not match"),
+    (lambda: (torch.randn(4, 3, 5), torch.zeros(4, dtype=torch.long)), ValueError, r"expected \(4, 5\)"),
+    (lambda: (torch.randn(4, 1), torch.zeros(4, dtype=torch.long)), ValueError, "at least 2 classes"),
+    (lambda: (torch.tensor(1.0), torch.tensor(0)), ValueError, r"shape \(C\), \(N, C\)"),   # (C,) is unbatched
+    (lambda: (torch.randint(0, 3, (4, 3)), torch.zeros(4, dtype=torch.long)), TypeError, "floating-point tensor"),
+    (lambda: (torch.tensor([[0.0, math.nan], [1.0, 2.0]]), torch.tensor([0, 1])), ValueError, r"NaN or \+inf .* first at index \(0,\)"),
+    (lambda: (torch.tensor([[0.0, 1.0], [math.inf, 2.0]]), torch.tensor([0, 1])), ValueError, r"first at index \(1,\)"),
+    (lambda: (torch.tensor([[0.0, 1.0], [-math.inf, -math.inf]]), torch.tensor([0, 1])), ValueError, "only -inf"),
+]
 
 
-def test_dm_with_lambda_one_is_imae():
-    logits, target = make_batch((20, 5), seed=8)
-    a, b = (torch.autograd.grad(f(logits, target), logits)[0] for f in (losses.IMAELoss(T=8), losses.DMLoss(lam=1, beta=8)))
-    torch.testing.assert_close(a, b)
+def pytest_generate_tests(metafunc):
+    """Per-class parametrisation (pytest's documented scheme): a test method of a loss's class with an
+    argument ``params`` runs for each setting of the loss's parameters in the class's ``settings``, one
+    with an argument ``w`` for each EDF in its ``edfs``."""
+    if metafunc.cls is None:
+        return
+    if "params" in metafunc.fixturenames:
+        metafunc.parametrize("params", metafunc.cls.settings,
+                             ids=lambda s: ",".join(f"{k}={v}" for k, v in s.items()) or "defaults")
+    if "w" in metafunc.fixturenames:
+        metafunc.parametrize("w", metafunc.cls.edfs, ids=lambda w: w.name)
+
+
+# ---------------------------------------------------------------- what every loss gets
+
+class LossTester:
+    """The checks every loss gets. A subclass names the loss's ``function`` and ``module``, its
+    ``settings`` (keyword parameters of both: the first is the one the bad-input checks use),
+    ``gradcheck_params`` (the setting of the slowest check, gradcheck), ``bad_params`` (``(keywords,
+    error, message)`` that both must refuse), and ``options`` (call options the module and the function
+    must agree on beyond the reductions, ``ignore_index`` and ``weight``)."""
+
+    function = None
+    module = None
+    settings: list[dict] = [{}]
+    gradcheck_params: dict = {}
+    bad_params: list[tuple] = []
+    options: list[dict] = []
+
+    def call(self, logits, target, **kwargs):
+        """The loss's function, with the class's first setting updated by ``kwargs``."""
+        return type(self).function(logits, target, **{**self.settings[0], **kwargs})
+
+    @pytest.mark.parametrize("shape", [(12, 5), (3, 4, 2, 3)])
+    def test_smoke(self, params, shape, device, dtype, make_batch):
+        """Every reduction on logits ``(N, C)`` and ``(N, C, d1, d2)``: the result's shape and dtype, and
+        finite values and gradients."""
+        logits, target = make_batch(shape, dtype=dtype, device=device)
+        for reduction in REDUCTIONS:
+            value = self.module(**params, reduction=reduction)(logits, target)
+            assert value.shape == (target.shape if reduction == "none" else ()) and value.dtype == dtype
+            (grad,) = torch.autograd.grad(value.sum(), logits)
+            assert grad.shape == logits.shape and grad.dtype == dtype
+            assert torch.isfinite(value).all() and torch.isfinite(grad).all()
+
+    def test_module_is_the_function(self, params, make_batch):
+        logits, target = make_batch((10, 6), seed=4)
+        options = [{}, {"reduction": "sum"}, {"reduction": "none"}, {"ignore_index": 2},
+                   {"weight": torch.linspace(0.5, 2.0, 6, dtype=torch.float64)}]
+        for option in options + self.options:
+            labels = target.masked_fill(target == -100, 2) if option.get("ignore_index") == 2 else target
+            torch.testing.assert_close(self.module(**params, **option)(logits, labels),
+                                       type(self).function(logits, labels, **params, **option), msg=str(option))
+
+    @pytest.mark.parametrize("reduction", REDUCTIONS)
+    def test_gradcheck(self, reduction, make_batch):
+        logits, target = make_batch((6, 4, 2), seed=7, scale=1.0)
+        module = self.module(**self.gradcheck_params, weight=torch.rand(4, dtype=torch.float64) + 0.5,
+                             reduction=reduction)
+        assert torch.autograd.gradcheck(lambda x: module(x, target), (logits,))
+
+    def test_empty_and_all_ignored_batches_give_zero(self, params):
+        loss = self.module(**params)
+        for logits, target in [(torch.zeros(0, 5, requires_grad=True), torch.zeros(0, dtype=torch.long)),
+                               (torch.randn(4, 5, requires_grad=True), torch.full((4,), -100))]:
+            value = loss(logits, target)
+            value.backward()
+            assert value.item() == 0.0 and logits.grad.abs().sum().item() == 0.0
+
+    @pytest.mark.parametrize("make, error, message", BAD_INPUTS)
+    def test_bad_input_is_named(self, make, error, message):
+        logits, target = make()
+        with pytest.raises(error, match=message):
+            self.module(**self.settings[0])(logits, target)
+
+    def test_bad_arguments_are_named(self, make_batch):
+        logits, target = make_batch((4, 3))
+        with pytest.raises(ValueError, match=r"weight must have shape \(3,\), got \(4,\)"):
+            self.call(logits, target, weight=torch.ones(4))
+        for kwargs, error, message in [({"reduction": "avg"}, ValueError, "reduction must be one of"), *self.bad_params]:
+            with pytest.raises(error, match=message):
+                self.module(**{**self.settings[0], **kwargs})
+            with pytest.raises(error, match=message):
+                self.call(logits, target, **kwargs)
+
+
+class ClosedFormTester(LossTester):
+    """A closed-form loss: its gradient equals the EDF path's with its ``natural`` weight (an EDF, and the
+    loss's parameters that give it) and ``normalizer='count'``; its value at uniform probabilities is
+    ``uniform`` (the loss's parameters, the value)."""
+
+    natural: tuple
+    uniform: tuple
+
+    @pytest.mark.parametrize("reduction", REDUCTIONS)
+    @pytest.mark.parametrize("shape", [(16, 7), (2, 3, 4, 5)])
+    def test_edf_path_with_the_natural_weight_gives_its_gradients(self, reduction, shape, make_batch):
+        weight_fn, params = self.natural
+        class_weight = torch.linspace(0.2, 1.5, shape[1], dtype=torch.float64)
+        grads = []
+        for fn in (lambda x, t: losses.edf_loss(x, t, weight_fn, normalizer="count", weight=class_weight,
+                                                reduction=reduction),
+                   lambda x, t: type(self).function(x, t, weight=class_weight, reduction=reduction, **params)):
+            logits, target = make_batch(shape, seed=3)
+            out = fn(logits, target)
+            upstream = torch.rand(out.shape, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+            (out * upstream).sum().backward()
+            grads.append(logits.grad)
+        torch.testing.assert_close(grads[0], grads[1], rtol=1e-11, atol=1e-14)
+
+    def test_value_at_uniform_probabilities(self):
+        logits, target = torch.zeros(3, 4, dtype=torch.float64), torch.tensor([0, 1, 2])   # p = 1/4
+        params, expected = self.uniform
+        assert math.isclose(type(self).function(logits, target, **params).item(), expected, rel_tol=1e-14)
+
+
+class TestCCELoss(ClosedFormTester):
+    function, module = staticmethod(losses.cce_loss), losses.CCELoss
+    natural, uniform = (edf.cce(), {}), ({}, math.log(4))
+
+    @pytest.mark.parametrize("reduction", REDUCTIONS)
+    def test_equals_pytorch_cross_entropy(self, reduction, make_batch):
+        logits, target = make_batch((4, 6, 3, 2), seed=5)
+        weight = torch.rand(6, dtype=torch.float64) + 0.1
+        ours = losses.CCELoss(weight=weight, reduction=reduction)(logits, target)
+        theirs = F.cross_entropy(logits, target, weight=weight, reduction=reduction)
+        torch.testing.assert_close(ours, theirs, rtol=1e-12, atol=1e-12)
+
+
+class TestMAELoss(ClosedFormTester):
+    function, module = staticmethod(losses.mae_loss), losses.MAELoss
+    natural, uniform = (edf.mae(), {}), ({}, 0.75)
+
+
+class TestMSELoss(ClosedFormTester):
+    function, module = staticmethod(losses.mse_loss), losses.MSELoss
+    natural, uniform = (edf.mse(), {}), ({}, 0.5625)
+
+
+class TestGCELoss(ClosedFormTester):
+    function, module = staticmethod(losses.gce_loss), losses.GCELoss
+    settings, gradcheck_params = [{}, {"q": 0.4}], {"q": 0.6}
+    bad_params = [({"q": 2}, ValueError, "q must lie in")]
+    natural, uniform = (edf.gce(0.7), {"q": 0.7}), ({"q": 0.5}, (1 - 0.5) / 0.5)
+
+
+class EDFTester(LossTester):
+    """An EDF loss: for each EDF of the family in ``edfs``, the EDF path against the plain-loop
+    reference, and gradcheck against the objective its manipulated gradient implies (a gradcheck
+    against its own value would compare two different things)."""
+
+    edfs: list
+    options = [{"normalizer": "count"}]
+    bad_params = [({"normalizer": "global"}, ValueError, "normalizer must be one of")]
+
+    @pytest.mark.parametrize("reduction", REDUCTIONS)
+    @pytest.mark.parametrize("normalizer", ["batch", "count"])
+    @pytest.mark.parametrize("shape", [(12, 5), (3, 4, 2, 3)])
+    def test_matches_plain_loop_reference(self, w, reduction, normalizer, shape, make_batch):
+        logits, target = make_batch(shape)
+        weight = torch.linspace(0.5, 2.0, shape[1], dtype=torch.float64)
+        value = losses.edf_loss(logits, target, w, weight=weight, reduction=reduction, normalizer=normalizer)
+        upstream = torch.rand(value.shape, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+        (value * upstream).sum().backward()
+        ref_value, ref_grad = loop_reference(logits, target, w, weight, reduction=reduction, normalizer=normalizer)
+        torch.testing.assert_close(value.detach(), ref_value, rtol=1e-12, atol=1e-12)
+        expected = ref_grad * (upstream.unsqueeze(1) if reduction == "none" else upstream)
+        torch.testing.assert_close(logits.grad, expected, rtol=1e-10, atol=1e-13)
+
+    def test_gradcheck(self, w, make_batch):
+        """gradcheck of the implied objective's value against the manipulated gradient (:class:`_ImpliedObjective`)."""
+        logits, target = make_batch((5, 4), seed=11, scale=1.5, ignore_every=0)
+        weight = torch.ones(4, dtype=torch.float64)
+        assert torch.autograd.gradcheck(lambda x: _ImpliedObjective.apply(x, target, w, weight, 5.0), (logits,))
+
+    @pytest.mark.parametrize("eps", [-1e-6, float("nan"), float("inf"), "1e-6", True])
+    def test_bad_eps_is_refused(self, eps, make_batch):
+        logits, target = make_batch()
+        with pytest.raises(ValueError, match="eps must be a finite number >= 0"):
+            self.call(logits, target, eps=eps)
+        with pytest.raises(ValueError, match="eps must be a finite number >= 0"):
+            self.module(**self.settings[0], eps=eps)
+
+
+class TestDMLoss(EDFTester):
+    function, module = staticmethod(losses.dm_loss), losses.DMLoss
+    settings = [{}, {"lam": 1, "beta": 4}]
+    edfs = [edf.dm(0.5, 8), edf.dm(2, 12)]
+
+    def test_repr_names_the_parameters(self):
+        assert "dm(lam=1, beta=4)" in repr(losses.DMLoss(lam=1, beta=4, reduction="sum"))
+        assert "eps=1e-06" in repr(losses.DMLoss())
+
+    def test_batch_normalised_gradients_have_unit_total_length(self, make_batch):
+        """Exactly 1 with eps = 0; with the code's eps each element loses eps / (2(1 - p) + eps) of it."""
+        logits, target = make_batch((64, 10), ignore_every=0)
+        losses.dm_loss(logits, target, eps=0).backward()
+        torch.testing.assert_close(logits.grad.abs().sum(), torch.tensor(1.0, dtype=torch.float64))
+        logits.grad = None
+        losses.dm_loss(logits, target).backward()
+        assert 1 - 1e-4 < logits.grad.abs().sum().item() < 1
+
+    @pytest.mark.parametrize("eps", [1e-6, 1e-2])
+    def test_eps_is_the_papers_code_rule(self, eps, dtype, tolerance, make_batch):
+        """The gradient with ``eps`` is the code's ``w / Z (p - e_y) / (2 - 2p + eps)``, through both the
+        kernel (float32 on CPU) and the PyTorch path; the value does not depend on ``eps``."""
+        logits, target = make_batch((64, 7), scale=6.0)
+        logits = logits.detach().to(dtype).requires_grad_()
+        value = losses.dm_loss(logits, target, eps=eps)
+        value.backward()
+        ref_value, ref_grad = loop_reference(logits, target, edf.dm(), eps=eps)
+        torch.testing.assert_close(logits.grad.double(), ref_grad, **tolerance)
+        torch.testing.assert_close(value.double(), ref_value, **tolerance)
+        exact = losses.dm_loss(logits, target, eps=0.0)
+        torch.testing.assert_close(value, exact, rtol=0, atol=0)
+
+    def test_lambda_one_is_imae(self, make_batch):
+        logits, target = make_batch((20, 5), seed=8)
+        a, b = (torch.autograd.grad(f(logits, target), logits)[0]
+                for f in (losses.IMAELoss(T=8), losses.DMLoss(lam=1, beta=8)))
+        torch.testing.assert_close(a, b)
+
+
+class TestIMAELoss(EDFTester):
+    function, module = staticmethod(losses.imae_loss), losses.IMAELoss
+    settings = [{}, {"T": 6}]
+    edfs = [edf.imae(8)]
+
+
+class TestEDFLoss(EDFTester):
+    function, module = staticmethod(losses.edf_loss), losses.EDFLoss
+    settings = [{"edf": edf.normal(0.7, 8)}]
+    bad_params = EDFTester.bad_params + [({"edf": lambda p: p}, TypeError, "edf must be a dmcore.edf.EDF")]
+    edfs = [edf.normal(0.7, 4), edf.cce(), edf.gce(0.7)]
+
+    def test_a_negative_weight_is_named(self, make_batch):
+        logits, target = make_batch((4, 3))
+        negative = edf.from_callable(lambda p: p - 0.5, name="shifted")
+        with pytest.raises(ValueError, match="EDF shifted returned a negative or non-finite weight"):
+            losses.edf_loss(logits, target, negative)
+
+
+class BaselineTester(LossTester):
+    """A noise-robust baseline: its value against its paper's formula (``name`` in
+    :func:`_baseline_reference`), and its gradient against its derived weight ``w(p)`` times the unit CCE
+    direction for each of its EDFs (``edfs``, which fix the loss's parameters)."""
+
+    name: str
+    edfs: list
+
+    @pytest.mark.parametrize("reduction", REDUCTIONS)
+    @pytest.mark.parametrize("shape", [(12, 5), (3, 4, 2, 3)])
+    def test_matches_its_papers_formula(self, params, reduction, shape, make_batch):
+        logits, target = make_batch(shape, seed=21)
+        class_weight = torch.linspace(0.3, 1.7, shape[1], dtype=torch.float64)
+        expected = _baseline_reference(logits, target, self.name, class_weight, reduction, **params)
+        torch.testing.assert_close(type(self).function(logits, target, weight=class_weight, reduction=reduction, **params),
+                                   expected, rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(self.module(weight=class_weight, reduction=reduction, **params)(logits, target),
+                                   expected, rtol=1e-12, atol=1e-12)
+
+    def test_gradient_is_its_derived_weight_along_the_cce_direction(self, w, make_batch):
+        """The weighting view holds: autograd's gradient is w(p) times the unit CCE direction."""
+        logits, target = make_batch((40, 7), seed=22, ignore_every=0)
+        (grad,) = torch.autograd.grad(type(self).function(logits, target, reduction="sum", **w.params), logits)
+        prob = logits.detach().softmax(1)
+        p = prob.gather(1, target[:, None]).squeeze(1)
+        direction = (prob - F.one_hot(target, 7)) / (2 * (1 - p))[:, None]
+        torch.testing.assert_close(grad, w(p)[:, None] * direction, rtol=1e-10, atol=1e-13)
+
+
+class TestSCELoss(BaselineTester):
+    function, module, name = staticmethod(losses.sce_loss), losses.SCELoss, "sce"
+    settings = [{"alpha": 0.3, "beta": 1.5}]
+    bad_params = [({"alpha": 0, "beta": 0}, ValueError, "alpha and beta must not both be 0")]
+    edfs = [edf.sce(0.3, 1.5)]
+
+
+class TestPoly1Loss(BaselineTester):
+    function, module, name = staticmethod(losses.poly1_loss), losses.Poly1Loss, "poly1"
+    settings = [{"epsilon": 2.0}]
+    bad_params = [({"epsilon": -2}, ValueError, "epsilon must lie in")]
+    edfs = [edf.poly1(2.0), edf.poly1(-1.0)]
+
+
+class TestNCERCELoss(BaselineTester):
+    function, module, name = staticmethod(losses.nce_rce_loss), losses.NCERCELoss, "nce+rce"
+    settings = [{"alpha": 2.0, "beta": 0.5}]
+    bad_params = [({"beta": -1}, ValueError, "beta must lie in")]
+    test_gradient_is_its_derived_weight_along_the_cce_direction = None     # not a weighting:
+
+    def test_gradient_is_not_a_weighting_of_the_cce_direction(self):
+        """Where the weighting view stops: two examples with the same p_y but different other probabilities
+        get NCE gradients of different lengths, and not along p - e_y."""
+        logits = torch.tensor([[2.0, 1.0, 1.0, 1.0], [2.0, 2.5, 0.2, -1.0]], dtype=torch.float64)
+        logits[1, 1:] += math.log(logits[0, 1:].exp().sum() / logits[1, 1:].exp().sum())   # the same p_y
+        logits.requires_grad_()
+        target = torch.tensor([0, 0])
+        (grad,) = torch.autograd.grad(losses.nce_rce_loss(logits, target, alpha=1.0, beta=1e-12, reduction="sum"), logits)
+        prob = logits.detach().softmax(1)
+        assert math.isclose(prob[0, 0].item(), prob[1, 0].item(), rel_tol=1e-12)
+        ratio = grad[1] / (prob[1] - torch.tensor([1.0, 0, 0, 0], dtype=torch.float64))
+        assert (ratio.max() - ratio.min()).item() > 1e-3                  # not parallel to p - e_y
+        assert abs(grad[0].abs().sum().item() - grad[1].abs().sum().item()) > 1e-3
+
+
+# ---------------------------------------------------------------- one property across the losses
+
+def test_eps_stops_fitted_examples_and_defaults():
+    """With the defaults (eps = 1e-6) a confidently fitted example stops pushing, as in the paper's code;
+    with eps = 0 it keeps pushing with its weight w(1) = 1 (unit L1 length before normalisation)."""
+    confident = torch.tensor([[40.0, 0.0, 0.0]], requires_grad=True)
+    for loss, length in ((losses.DMLoss(reduction="sum"), 0.0), (losses.DMLoss(reduction="sum", eps=0), 1.0),
+                         (losses.IMAELoss(reduction="sum"), 0.0), (losses.EDFLoss(edf.dm(), reduction="sum"), 1.0)):
+        (grad,) = torch.autograd.grad(loss(confident, torch.tensor([0])), confident)
+        assert abs(grad.abs().sum().item() - length) < 1e-6, (loss, grad)
+    assert losses.DMLoss().eps == losses.IMAELoss().eps == 1e-6 and losses.EDFLoss(edf.dm()).eps == 0
+    assert "eps=1e-06" in repr(losses.DMLoss())
 
 
 # ---------------------------------------------------------------- numerics
@@ -253,8 +477,8 @@ def test_random_logits_up_to_1e4_match_a_float64_reference():
     torch.testing.assert_close(grads[1], grads[0], rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize("dtype, tolerance", [(torch.float16, 2e-3), (torch.bfloat16, 1.6e-2)])
-def test_half_precision_is_computed_in_float32(dtype, tolerance, monkeypatch):
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["float16", "bfloat16"])
+def test_half_precision_is_computed_in_float32(dtype, tolerances, make_batch):
     logits, target = make_batch((64, 10, 3), seed=9, dtype=torch.float32, scale=4.0)
     grads, values = {}, {}
     for dt in (torch.float32, dtype):      # half inputs take the PyTorch path: compare like with like
@@ -267,22 +491,14 @@ def test_half_precision_is_computed_in_float32(dtype, tolerance, monkeypatch):
     x_rounded = logits.detach().to(dtype).float().requires_grad_()
     losses.DMLoss(lam=0.5, beta=8, impl="torch")(x_rounded, target).backward()
     torch.testing.assert_close(grads[dtype].float(), x_rounded.grad.to(dtype).float(), rtol=0, atol=0)
-    torch.testing.assert_close(grads[dtype].float(), grads[torch.float32], rtol=tolerance * 10, atol=tolerance * 1e-2)
+    rounding = tolerances[dtype]["rtol"]
+    torch.testing.assert_close(grads[dtype].float(), grads[torch.float32], rtol=rounding * 10, atol=rounding * 1e-2)
 
 
 # ---------------------------------------------------------------- edge cases with documented results
 
-@pytest.mark.parametrize("loss", [losses.DMLoss(), losses.CCELoss(), losses.GCELoss()])
-def test_empty_and_all_ignored_batches_give_zero(loss):
-    for logits, target in [(torch.zeros(0, 5, requires_grad=True), torch.zeros(0, dtype=torch.long)),
-                           (torch.randn(4, 5, requires_grad=True), torch.full((4,), -100))]:
-        value = loss(logits, target)
-        value.backward()
-        assert value.item() == 0.0 and logits.grad.abs().sum().item() == 0.0
-
-
-def test_non_finite_logits_in_ignored_elements_do_not_spread():
-    logits, target = make_batch((6, 4), seed=2, ignore_some=False)
+def test_non_finite_logits_in_ignored_elements_do_not_spread(make_batch):
+    logits, target = make_batch((6, 4), seed=2, ignore_every=0)
     logits = logits.detach().clone()
     logits[1, 2], logits[3] = math.nan, -math.inf
     target[1], target[3] = -100, -100
@@ -307,7 +523,7 @@ def test_minus_inf_on_other_classes_is_a_mask_and_on_the_label_gives_p_zero():
 
 
 @pytest.mark.parametrize("impl", ["torch", "c"])
-def test_backward_through_a_retained_graph(impl):
+def test_backward_through_a_retained_graph(impl, make_batch):
     """As with F.cross_entropy: a retained graph can be reused with any upstream gradient, and the
     gradient handed back does not alias what the graph keeps (it accumulates into .grad in place)."""
     if impl == "c" and losses.edf_operator.implementation(torch.zeros(1, 2), torch.zeros(1, dtype=torch.long)) != "c":
@@ -327,56 +543,10 @@ def test_backward_through_a_retained_graph(impl):
     torch.testing.assert_close(logits.grad, 3 * once)
 
 
-# ---------------------------------------------------------------- bad input: clear errors
-
-BAD_INPUTS = [
-    (lambda: (torch.randn(4, 3), torch.tensor([0, 1, 3, 0])), ValueError, r"target 3 at index \(2,\) is outside \[0, 2\]"),
-    (lambda: (torch.randn(4, 3), torch.tensor([0, -1, 2, 0])), ValueError, r"target -1 at index \(1,\)"),
-    (lambda: (torch.randn(4, 3), torch.rand(4, 2)), ValueError, r"class-probability target shape \(4, 2\) does not match"),
-    (lambda: (torch.randn(4, 3), torch.tensor([0.0, 1.0, 2.0, 0.0])), ValueError, r"expected \(4, 3\)"),
-    (lambda: (torch.randn(4, 3), torch.tensor([True, False, True, True])), TypeError, "targets must be class indices"),
-    (lambda: (torch.randn(4, 3), torch.tensor([[0.5, 0.5, 0], [0, 1, 0], [1, 0, 0], [math.nan, 1, 0]])), ValueError,
-     "class-probability targets must be finite and >= 0"),
-    (lambda: (torch.randn(4, 3), torch.tensor([0, 1, 2])), ValueError, r"target shape \(3,\) does not match"),
-    (lambda: (torch.randn(4, 3, 5), torch.zeros(4, dtype=torch.long)), ValueError, r"expected \(4, 5\)"),
-    (lambda: (torch.randn(4, 1), torch.zeros(4, dtype=torch.long)), ValueError, "at least 2 classes"),
-    (lambda: (torch.randn(3), torch.tensor(0)), ValueError, r"shape \(N, C\)"),
-    (lambda: (torch.randint(0, 3, (4, 3)), torch.zeros(4, dtype=torch.long)), TypeError, "floating-point tensor"),
-    (lambda: (torch.tensor([[0.0, math.nan], [1.0, 2.0]]), torch.tensor([0, 1])), ValueError, r"NaN or \+inf .* first at index \(0,\)"),
-    (lambda: (torch.tensor([[0.0, 1.0], [math.inf, 2.0]]), torch.tensor([0, 1])), ValueError, r"first at index \(1,\)"),
-    (lambda: (torch.tensor([[0.0, 1.0], [-math.inf, -math.inf]]), torch.tensor([0, 1])), ValueError, "only -inf"),
-]
-
-
-@pytest.mark.parametrize("loss", [losses.DMLoss(), losses.CCELoss(), losses.MSELoss()], ids=["dm", "cce", "mse"])
-@pytest.mark.parametrize("make, error, message", BAD_INPUTS)
-def test_bad_input_is_named(loss, make, error, message):
-    logits, target = make()
-    with pytest.raises(error, match=message):
-        loss(logits, target)
-
-
-def test_bad_arguments_are_named():
-    logits, target = make_batch((4, 3))
-    with pytest.raises(ValueError, match="reduction must be one of"):
-        losses.DMLoss(reduction="avg")
-    with pytest.raises(ValueError, match="normalizer must be one of"):
-        losses.dm_loss(logits, target, normalizer="global")
-    with pytest.raises(ValueError, match=r"weight must have shape \(3,\), got \(4,\)"):
-        losses.dm_loss(logits, target, weight=torch.ones(4))
-    with pytest.raises(TypeError, match="edf must be a dmcore.edf.EDF"):
-        losses.edf_loss(logits, target, lambda p: p)
-    with pytest.raises(ValueError, match="q must lie in"):
-        losses.GCELoss(q=2)
-    negative = edf.from_callable(lambda p: p - 0.5, name="shifted")
-    with pytest.raises(ValueError, match="EDF shifted returned a negative or non-finite weight"):
-        losses.edf_loss(logits, target, negative)
-
-
 # ---------------------------------------------------------------- torch.compile
 
 @pytest.mark.slow
-def test_losses_compile_and_agree():
+def test_losses_compile_and_agree(make_batch):
     torch._dynamo.reset()
     logits, target = make_batch((32, 10), seed=12, dtype=torch.float32)
     for loss in (losses.DMLoss(lam=0.5, beta=8), losses.GCELoss(q=0.7)):
@@ -392,232 +562,23 @@ def test_losses_compile_and_agree():
 
 # ---------------------------------------------------------------- data-parallel training
 
-def _ddp_worker(rank, world, port, data, out):
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    torch.distributed.init_process_group("gloo", rank=rank, world_size=world)
-    torch.set_num_threads(1)
-    features, target, state = data
+def _ddp_gradients(rank, world, features, target, state):
+    """Rank ``rank``'s share of the batch through DistributedDataParallel: the parameters' gradients."""
     model = torch.nn.Linear(features.shape[1], 7).double()
     model.load_state_dict(state)
     ddp = torch.nn.parallel.DistributedDataParallel(model)
     shard = slice(rank * len(target) // world, (rank + 1) * len(target) // world)
     losses.DMLoss(lam=0.5, beta=8)(ddp(features[shard]), target[shard]).backward()
-    if rank == 0:
-        torch.save({k: v.grad for k, v in model.named_parameters()}, out)
-    torch.distributed.destroy_process_group()
+    return {k: v.grad for k, v in model.named_parameters()}
 
 
-def test_data_parallel_gradients_equal_one_process_with_the_whole_batch(tmp_path):
+def test_data_parallel_gradients_equal_one_process_with_the_whole_batch(two_ranks):
     gen = torch.Generator().manual_seed(0)
     features = torch.randn(40, 6, generator=gen, dtype=torch.float64)
     target = torch.randint(0, 7, (40,), generator=gen)
     target[:13:3] = -100                                     # uneven counts per rank, too
     model = torch.nn.Linear(6, 7).double()
     losses.DMLoss(lam=0.5, beta=8)(model(features), target).backward()
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    out = tmp_path / "grads.pt"
-    torch.multiprocessing.spawn(_ddp_worker, args=(2, port, (features, target, model.state_dict()), out), nprocs=2)
-    distributed = torch.load(out)
+    distributed = two_ranks(_ddp_gradients, features, target, model.state_dict())
     for name, param in model.named_parameters():
         torch.testing.assert_close(distributed[name], param.grad, rtol=1e-12, atol=1e-14)
-
-
-# ---------------------------------------------------------------- the compiled CPU kernel
-
-@pytest.fixture
-def kernel_on(monkeypatch):
-    """The compiled kernel enabled for the test, whatever DMCORE_CPU_KERNEL the suite runs under."""
-    monkeypatch.setenv("DMCORE_CPU_KERNEL", "1")
-
-
-def needs_compiler(test):
-    """A test of the compiled CPU kernel: it runs with the kernel enabled, where a C compiler exists."""
-    missing = shutil.which("gcc") is None and shutil.which("cc") is None and "CC" not in os.environ
-    return pytest.mark.usefixtures("kernel_on")(pytest.mark.skipif(missing, reason="the CPU kernel needs a C compiler")(test))
-
-
-@needs_compiler
-def test_cpu_kernel_builds_and_is_used_for_float32():
-    assert kernels.cpu() is not None and kernels.cpu() is kernels.cpu()
-
-
-@needs_compiler
-@pytest.mark.parametrize("name", ["dm", "imae", "cce", "normal"])
-@pytest.mark.parametrize("reduction", ["mean", "none"])
-@pytest.mark.parametrize("shape", [(40, 5), (40, 70), (3, 4, 2, 300)])
-def test_cpu_kernel_matches_plain_loop_reference(name, reduction, shape):
-    logits, target = make_batch(shape, seed=13)
-    x = logits.detach().float().requires_grad_()
-    value = losses.edf_loss(x, target, EDFS[name], reduction=reduction)
-    value.sum().backward()
-    ref_value, ref_grad = loop_reference(x.detach().double(), target, EDFS[name], reduction=reduction)
-    torch.testing.assert_close(value.double(), ref_value, rtol=2e-6, atol=1e-7)
-    torch.testing.assert_close(x.grad.double(), ref_grad, rtol=2e-5, atol=1e-7)
-
-
-@needs_compiler
-@pytest.mark.parametrize("shape", [(300, 7), (64, 100), (5, 3, 17, 19)])
-def test_cpu_kernel_agrees_with_the_pytorch_path_on_special_elements(shape, monkeypatch):
-    logits, target = make_batch(shape, seed=21, dtype=torch.float32, scale=5.0)
-    logits = logits.detach().clone()
-    flat_x, flat_t = logits.movedim(1, -1).reshape(-1, shape[1]), target.view(-1)
-    flat_x[1] = -math.inf
-    flat_x[1, 0], flat_t[1] = 3.0, 0                 # every other class masked: p = 1, direction -e_y / 2
-    flat_x[2, 1], flat_t[2] = -math.inf, 1           # label masked: p = 0
-    flat_x[3, 2], flat_t[3] = 1e4, 2                 # p = 1 to working precision
-    flat_x[4, 0], flat_t[4] = math.nan, -100         # NaN in an ignored element
-    flat_x[6], flat_t[6] = 0.0, 2                    # uniform
-    logits = flat_x.reshape(logits.movedim(1, -1).shape).movedim(-1, 1).contiguous()
-    target = flat_t.reshape(target.shape)
-    results = []
-    for impl in ("c", "torch"):
-        x = logits.clone().requires_grad_()
-        value = losses.DMLoss(lam=0.5, beta=8, reduction="none", impl=impl)(x, target)
-        (value * torch.linspace(0.5, 1.5, value.numel()).reshape(value.shape)).sum().backward()
-        assert torch.isfinite(x.grad).all()
-        results.append((value.detach(), x.grad))
-    torch.testing.assert_close(results[0][0], results[1][0], rtol=2e-6, atol=1e-6)
-    torch.testing.assert_close(results[0][1], results[1][1], rtol=2e-5, atol=1e-7)
-
-
-@needs_compiler
-@pytest.mark.parametrize("classes", [10, 100])
-def test_cpu_kernel_gives_an_element_the_same_bits_wherever_it_sits_in_the_batch(classes):
-    """An element's value and gradient do not depend on its neighbours or its position (vector body or
-    scalar tail of a tile), so a run trained with others equals the run trained alone, bit for bit."""
-    logits, target = make_batch((61, classes), seed=5, dtype=torch.float32, scale=4.0, ignore_some=False)
-    logits = logits.detach()
-    outputs = []
-    for before in (0, 3, 64, 70):       # rows prepended: the same rows land on other lanes and tiles
-        pad, pad_t = make_batch((before, classes), seed=6, dtype=torch.float32, ignore_some=False) if before else (
-            torch.empty(0, classes), torch.empty(0, dtype=torch.long))
-        x = torch.cat([pad.detach(), logits]).requires_grad_()
-        value = losses.edf_loss(x, torch.cat([pad_t, target]), edf.dm(0.5, 8), reduction="none")
-        value.backward(torch.ones_like(value))
-        outputs.append((value[before:].detach(), x.grad[before:]))
-    for value, grad in outputs[1:]:
-        assert torch.equal(value, outputs[0][0]) and torch.equal(grad, outputs[0][1])
-
-
-@needs_compiler
-def test_cpu_kernel_exp_is_accurate():
-    # the kernel's softmax over the other classes, for differences spanning the whole float range
-    diffs = torch.linspace(-87, 0, 20001)
-    logits = torch.stack([torch.full_like(diffs, 50.0), torch.zeros_like(diffs), diffs], dim=1).requires_grad_()
-    target = torch.zeros(len(diffs), dtype=torch.long)
-    losses.edf_loss(logits, target, edf.dm(0, 0), reduction="sum").backward()   # w = 1: grad = u
-    expected = 0.5 * torch.exp(diffs.double()) / (1 + torch.exp(diffs.double()))   # u_2 = q_2 / 2
-    torch.testing.assert_close(logits.grad[:, 2].double(), expected, rtol=4 * 2**-23, atol=0)
-
-
-def test_kernel_can_be_switched_off(monkeypatch):
-    monkeypatch.setenv("DMCORE_CPU_KERNEL", "0")
-    assert kernels.cpu() is None
-    logits, target = make_batch((8, 4), dtype=torch.float32)
-    losses.DMLoss()(logits, target).backward()     # the PyTorch path
-    assert torch.isfinite(logits.grad).all()
-
-
-def test_kernel_build_failure_falls_back_and_says_so(monkeypatch, tmp_path):
-    monkeypatch.setenv("DMCORE_CPU_KERNEL", "1")      # the build is tried (and fails) whatever the suite runs under
-    monkeypatch.setenv("CC", "/bin/false")
-    monkeypatch.setenv("DMCORE_CACHE", str(tmp_path))
-    monkeypatch.setattr(kernels, "_loaded", {})
-    with pytest.warns(RuntimeWarning, match="edf_cpu is not available .*/bin/false failed.*PyTorch path"):
-        assert kernels.cpu() is None
-    logits, target = make_batch((8, 4), dtype=torch.float32)
-    assert losses.edf_operator.implementation(logits, target) == "torch"
-    losses.DMLoss()(logits, target).backward()
-    with pytest.raises(RuntimeError, match="impl='c': the compiled kernel could not be built"):
-        losses.DMLoss(impl="c")(logits, target)
-
-
-# ---------------------------------------------------------------- the noise-robust baselines: SCE, NCE+RCE, Poly-1
-
-def _baseline_reference(logits, target, name, weight=None, reduction="mean", **params):
-    """Per-element values from the papers' formulas, with plain loops over the elements."""
-    x = logits.detach().double().movedim(1, -1).reshape(-1, logits.shape[1]).tolist()
-    values, cs = [], []
-    for row, y in zip(x, target.reshape(-1).tolist()):
-        if y == -100:
-            values.append(0.0)
-            cs.append(0.0)
-            continue
-        m = max(row)
-        log_probs = [v - m - math.log(sum(math.exp(u - m) for u in row)) for v in row]
-        p = math.exp(log_probs[y])
-        rce = -sum(math.exp(lp) * (0.0 if k == y else -4.0) for k, lp in enumerate(log_probs))   # log 0 := A = -4
-        if name == "sce":
-            value = params["alpha"] * -log_probs[y] + params["beta"] * rce
-        elif name == "nce+rce":
-            value = params["alpha"] * log_probs[y] / sum(log_probs) + params["beta"] * rce
-        else:
-            value = -log_probs[y] + params["epsilon"] * (1 - p)
-        c = 1.0 if weight is None else float(weight[y])
-        values.append(c * value)
-        cs.append(c)
-    out = torch.tensor(values, dtype=torch.float64).reshape(target.shape)
-    if reduction == "none":
-        return out
-    return out.sum() / (sum(cs) if reduction == "mean" else 1.0)
-
-
-BASELINES = {"sce": (losses.sce_loss, losses.SCELoss, {"alpha": 0.3, "beta": 1.5}),
-             "nce+rce": (losses.nce_rce_loss, losses.NCERCELoss, {"alpha": 2.0, "beta": 0.5}),
-             "poly1": (losses.poly1_loss, losses.Poly1Loss, {"epsilon": 2.0})}
-
-
-@pytest.mark.parametrize("name", BASELINES)
-@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
-@pytest.mark.parametrize("shape", [(12, 5), (3, 4, 2, 3)])
-def test_baselines_match_their_papers_formulas(name, reduction, shape):
-    function, module, params = BASELINES[name]
-    logits, target = make_batch(shape, seed=21)
-    class_weight = torch.linspace(0.3, 1.7, shape[1], dtype=torch.float64)
-    expected = _baseline_reference(logits, target, name, class_weight, reduction, **params)
-    torch.testing.assert_close(function(logits, target, weight=class_weight, reduction=reduction, **params), expected,
-                               rtol=1e-12, atol=1e-12)
-    torch.testing.assert_close(module(weight=class_weight, reduction=reduction, **params)(logits, target), expected,
-                               rtol=1e-12, atol=1e-12)
-
-
-@pytest.mark.parametrize("name, weight", [("sce", edf.sce(0.3, 1.5)), ("poly1", edf.poly1(2.0)), ("poly1", edf.poly1(-1.0))])
-def test_sce_and_poly1_gradients_are_their_derived_weights_along_the_cce_direction(name, weight):
-    """The weighting view holds for SCE and Poly-1: autograd's gradient is w(p) times the unit CCE direction."""
-    function, _, params = BASELINES[name]
-    params = dict(params, **weight.params)
-    logits, target = make_batch((40, 7), seed=22, ignore_some=False)
-    (grad,) = torch.autograd.grad(function(logits, target, reduction="sum", **params), logits)
-    prob = logits.detach().softmax(1)
-    p = prob.gather(1, target[:, None]).squeeze(1)
-    direction = (prob - F.one_hot(target, 7)) / (2 * (1 - p))[:, None]
-    torch.testing.assert_close(grad, weight(p)[:, None] * direction, rtol=1e-10, atol=1e-13)
-
-
-def test_nce_gradient_is_not_a_weighting_of_the_cce_direction():
-    """Where the weighting view stops: two examples with the same p_y but different other probabilities
-    get NCE gradients of different lengths, and not along p - e_y."""
-    logits = torch.tensor([[2.0, 1.0, 1.0, 1.0], [2.0, 2.5, 0.2, -1.0]], dtype=torch.float64)
-    logits[1, 1:] += math.log(logits[0, 1:].exp().sum() / logits[1, 1:].exp().sum())   # the same p_y
-    logits.requires_grad_()
-    target = torch.tensor([0, 0])
-    (grad,) = torch.autograd.grad(losses.nce_rce_loss(logits, target, alpha=1.0, beta=1e-12, reduction="sum"), logits)
-    prob = logits.detach().softmax(1)
-    assert math.isclose(prob[0, 0].item(), prob[1, 0].item(), rel_tol=1e-12)
-    ratio = grad[1] / (prob[1] - torch.tensor([1.0, 0, 0, 0], dtype=torch.float64))
-    assert (ratio.max() - ratio.min()).item() > 1e-3                  # not parallel to p - e_y
-    assert abs(grad[0].abs().sum().item() - grad[1].abs().sum().item()) > 1e-3
-
-
-def test_baselines_bad_parameters_are_named():
-    logits, target = make_batch((4, 3))
-    with pytest.raises(ValueError, match="alpha and beta must not both be 0"):
-        losses.SCELoss(alpha=0, beta=0)
-    with pytest.raises(ValueError, match="beta must lie in"):
-        losses.nce_rce_loss(logits, target, beta=-1)
-    with pytest.raises(ValueError, match="epsilon must lie in"):
-        losses.Poly1Loss(epsilon=-2)
-    with pytest.raises(ValueError, match="NaN or \\+inf"):
-        losses.SCELoss()(torch.tensor([[0.0, math.nan], [1.0, 2.0]]), torch.tensor([0, 1]))
