@@ -113,7 +113,7 @@ class Verdicts:
         not."""
         return self.check(f"The record `{check.experiment}` reproduces",
                           "the re-trained sample within the rule of dmcore.lab.reproduce",
-                          f"{len(check.modes)} runs re-trained, {len(check.failures)} values outside",
+                          f"runs re-trained: {len(check.modes)}; values outside: {len(check.failures)}",
                           bool(check.passed))
 
     def __len__(self) -> int:

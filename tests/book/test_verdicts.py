@@ -117,9 +117,9 @@ def test_a_reproduction_is_one_row_whose_text_does_not_depend_on_the_machine():
         v = Verdicts()
         assert v.reproduced(Reproduction("label-noise", modes, rows[:2], 1.0)) is True
         assert v.table().splitlines()[2] == ("| The record `label-noise` reproduces | the re-trained sample within the rule "
-                                             "of dmcore.lab.reproduce | 2 runs re-trained, 0 values outside | holds |")
+                                             "of dmcore.lab.reproduce | runs re-trained: 2; values outside: 0 | holds |")
     assert v.reproduced(Reproduction("label-noise", modes, rows, 1.0)) is False
-    with pytest.raises(AssertionError, match="`label-noise` reproduces.*1 values outside"):
+    with pytest.raises(AssertionError, match="`label-noise` reproduces.*values outside: 1"):
         v.assert_all()
 
 
