@@ -45,7 +45,7 @@ import torch.nn.functional as F
 from .. import losses
 
 __all__ = ["CPU_SHAPES", "GPU_SHAPES", "Result", "Recorded", "run", "format_table", "save", "load",
-           "time_forward_backward", "peak_memory", "peak_bandwidth"]
+           "time_forward_backward", "peak_memory", "logits_sized_allocations", "peak_bandwidth"]
 
 #: (N, C) classification and (N, C, H, W) segmentation shapes of the CPU benchmark, in float32.
 CPU_SHAPES = [(4096, 1000), (512, 32000), (65536, 10), (8, 21, 128, 128)]
@@ -175,6 +175,19 @@ def peak_memory(fn, logits, target) -> int:
             peak = max(peak, current)
     logits.grad = None
     return peak
+
+
+def logits_sized_allocations(fn, logits, target) -> int:
+    """How many tensors of at least the logits' size one forward+backward allocates on CPU (profiler events):
+    the gradient that backward returns is one, every further one a logits-sized temporary. A count, not a
+    time: the same on every machine, so tests may assert it."""
+    if logits.device.type != "cpu":
+        raise ValueError(f"logits_sized_allocations counts CPU allocations, got logits on {logits.device}")
+    size = logits.numel() * logits.element_size()
+    logits.grad = None
+    count = sum(1 for _, n in _cpu_allocations(lambda: fn(logits, target).backward()) if n >= size)
+    logits.grad = None
+    return count
 
 
 def run(device: str = "cpu", shapes=None, repeats: int = 20, dtype=torch.float32, seed: int = 0,
