@@ -1,20 +1,23 @@
 """The manipulated gradient: the EDF losses as one PyTorch custom operator, ``dmcore::edf_loss``.
 
-For element ``i`` with logits ``z_i``, target distribution ``t_i`` (``e_y`` for a class index) and
-``p_i = sum_c t_ic softmax(z_i)_c`` (``p_y`` for a class index), the operator returns the monitored
-value and the gradient
+For element ``i`` with logits ``z_i``, mass ``c_i`` and target distribution ``r_i`` (a class index
+``y``: ``c = weight[y]``, ``r = e_y``; a probability target ``t`` with class weights ``a``:
+``c = sum_k a_k t_k``, ``r = a t / c``, :func:`dmcore.targets.read`) and ``p_i = r_i^T softmax(z_i)``
+(``p_y`` for a class index), the operator returns the monitored value ``c w(p) H / Z`` (``H`` the
+cross-entropy against ``r``) and the gradient
 
 .. math::
 
     g_i = \\frac{c_i\\, w(p_i)}{Z}\\, f_i\\, u_i, \\qquad
-    u_i = \\frac{\\mathrm{softmax}(z_i) - t_i}{2(1 - p_i)}, \\qquad
+    u_i = \\frac{\\mathrm{softmax}(z_i) - r_i}{2(1 - p_i)}, \\qquad
     f_i = \\frac{2(1 - p_i)}{2(1 - p_i) + \\varepsilon},
 
 which :func:`torch.autograd.backward` then multiplies by the upstream gradient. For a class index,
 ``u_i = (softmax_{j != y}(z_i) - e_y) / 2`` is computed as the softmax over the other classes, so it
-is exact and finite at ``p = 1``; for a distribution, ``1 - p_i = sum_c softmax_c (1 - t_c)``, a sum
+is exact and finite at ``p = 1``; for a distribution, ``1 - p_i = sum_c softmax_c (1 - r_c)``, a sum
 of non-negative terms. With the natural weight of cross-entropy, ``w = 2(1 - p)``, ``g_i`` is
-``softmax - t``: the gradient of the soft-target cross-entropy ``-sum_c t_c log softmax_c``.
+``c softmax - a t``: the gradient of the class-weighted soft-target cross-entropy
+``-sum_c a_c t_c log softmax_c`` (``F.cross_entropy`` with ``weight``), whatever the total of ``t``.
 
 Three paths compute it, chosen once per call by :func:`implementation` (``impl`` is ``'auto'``,
 ``'torch'``, ``'c'`` or ``'triton'``): PyTorch ops (:func:`_read_torch`, any device and dtype, the
@@ -22,7 +25,11 @@ reference), the compiled CPU kernel :mod:`dmcore.kernels.edf_cpu` (float32, clas
 Triton kernels :mod:`dmcore.kernels.edf_triton` (CUDA, class indices). Each path reads the logits into
 per-element parts (:class:`_Parts`: ``p``, ``log p``, the targets); the weights ``w(p)``, the
 normaliser and the reduction act on those alike (:func:`_forward`), and the path's own last step turns
-the per-element scale ``c w f / (2Z)`` into the gradient. The operator is opaque to ``torch.compile`` (so ``fullgraph=True`` holds whatever runs inside), has a
+the per-element scale ``c w f / (2Z)`` into the gradient. The kernels take class indices without
+label smoothing; a target distribution (probability targets, label smoothing, with or without
+``weight``) always runs on PyTorch's ops, where ``impl='auto'`` routes it and ``'c'`` and
+``'triton'`` refuse it. Like the C kernel, the PyTorch path allocates one logits-sized tensor for
+class indices, the gradient (four for a distribution). The operator is opaque to ``torch.compile`` (so ``fullgraph=True`` holds whatever runs inside), has a
 fake implementation for shape propagation, and an autograd formula. With ``create_graph=True`` the
 gradient is recomputed by the PyTorch path as a differentiable function of the logits, so second
 derivatives (gradient penalties, meta-learned weights) are exact; in data-parallel training they
@@ -165,7 +172,7 @@ class _Parts(NamedTuple):
     p: torch.Tensor
     log_p: torch.Tensor
     rest: Callable[[], torch.Tensor]                       # 1 - p, accurate near p = 1 (for eps > 0)
-    entropy: Optional[torch.Tensor]                        # a distribution's class-weighted cross-entropy
+    entropy: Optional[torch.Tensor]                        # the cross-entropy against a distribution r
                                                            # (None: -log p, computed when needed)
     problems: Callable[[torch.Tensor, EDF], list]          # the data checks, given the weights w(p)
     gradient: Callable[[torch.Tensor], torch.Tensor]       # the gradient (N, C, d...) for the scale k
@@ -218,59 +225,84 @@ def _read_triton(input, target, weight, ignore_index, label_smoothing, check, co
                   lambda k: _triton().gradient(input, index, lse, torch.where(tg.counted, k, 0.0)))
 
 
-def _torch_problems(tg, flags, target, compute, p, w, edf):
+def _torch_problems(tg, flags, p, w, edf):
     """The PyTorch path's data checks, as flags raised after one synchronisation."""
     bad_w = tg.counted & ~(torch.isfinite(w) & (w >= 0))
-    problems = list(tg.problems) + flags + [(bad_w.any(), lambda: f"EDF {edf.name} returned a negative or "
-                                                                  f"non-finite weight at p = {float(p[bad_w][0]):.6g}")]
-    if tg.dist is not None and target.is_floating_point():
-        off = (target.to(compute).sum(1) - 1).abs() > 1e-3
-        problems.append((off.any(), lambda: "class-probability targets must sum to 1 over the classes (dim 1) "
-                                            "for an EDF loss, whose weight is a function of that probability"))
-    return problems
+    return list(tg.problems) + flags + [(bad_w.any(), lambda: f"EDF {edf.name} returned a negative or "
+                                                              f"non-finite weight at p = {float(p[bad_w][0]):.6g}")]
 
 
-def _read_torch(input, target, weight, ignore_index, label_smoothing, check, compute) -> _Parts:
-    """PyTorch's ops, differentiable: any device and dtype, class indices or a distribution. The direction is
-    ``u = (d - e_y) / 2`` with ``d`` the softmax over the other classes for class indices, and
-    ``u = (softmax - t) / (2(1 - p))`` for a distribution."""
-    tg = targets.read(input, target, weight, ignore_index, label_smoothing, compute)
-    x = input.to(compute)
-    tiny = torch.finfo(x.dtype).tiny
-    x = torch.where(tg.counted.unsqueeze(1), x, 0.0)         # ignored elements: finite and weightless
+def _read_torch(input, target, weight, ignore_index, label_smoothing, check, compute, differentiable=False) -> _Parts:
+    """PyTorch's ops: any device and dtype, class indices or a distribution.
+
+    For class indices the direction is ``u = (d - e_y) / 2`` with ``d`` the softmax over the other classes,
+    kept as ``exp(z_j - m)`` and its sum (as the C kernel keeps them): the gradient is that buffer scaled by
+    ``k`` over the sum, ``-k`` at the label. For a distribution ``r`` (:func:`dmcore.targets.read` with
+    ``normalised=True``: class-weighted, summing to 1), ``u = (softmax - r) / (2(1 - p))``.
+
+    ``differentiable=False``: every step after the first copy works in place on tensors this function
+    allocated, so class indices cost one logits-sized tensor (the gradient) and a distribution four (the
+    distribution, the log-probabilities, the probabilities, which become the gradient, and a scratch
+    tensor). ``differentiable=True`` (double backward): the same formulas out of place, so that autograd
+    differentiates them.
+    """
+    tg = targets.read(input, target, weight, ignore_index, label_smoothing, compute, normalised=True)
+    keep = tg.counted.unsqueeze(1)
+    tiny = torch.finfo(compute).tiny
     if tg.dist is None:
         index = tg.index.unsqueeze(1)
+        if differentiable:                                   # ignored elements: finite and weightless
+            x = torch.where(keep, input.to(compute), 0.0)
+        else:
+            x = input.to(compute, copy=True).masked_fill_(~keep, 0.0)
         z_y = x.gather(1, index).squeeze(1)
-        others = x.scatter(1, index, -math.inf)
-        lse = torch.logsumexp(others, 1)                     # log of the other classes' exp-sum
-        alone = (lse == -math.inf).unsqueeze(1)              # no other class possible: p = 1, no direction
-        direction = torch.where(alone, 0.0, torch.softmax(torch.where(alone, 0.0, others), 1))
+        x = x.scatter(1, index, -math.inf) if differentiable else x.scatter_(1, index, -math.inf)   # the others
+        top = x.amax(1, keepdim=True).detach()               # (the result does not depend on it)
+        top = torch.where(top == -math.inf, 0.0, top)        # no other class possible: every term exp(-inf) = 0
+        e = (x - top).exp() if differentiable else x.sub_(top).exp_()
+        norm = e.sum(1)
+        lse = top.squeeze(1) + torch.log(norm)               # log of the other classes' exp-sum
         d = lse - z_y                                        # log((1 - p) / p): exact at both ends
         p, one_minus_p = torch.sigmoid(-d), torch.sigmoid(d)
         log_p = -torch.logaddexp(torch.zeros_like(d), d)
         bad = tg.counted & (torch.isnan(d) | (z_y == math.inf) | (lse == math.inf))
         entropy = None
 
-        def gradient(k):
-            return (direction * k.unsqueeze(1)).scatter(1, index, (-k).unsqueeze(1))
+        def gradient(k):                                     # no other class (norm = 0): -k at the label only
+            scale = torch.where(norm > 0, k / torch.where(norm > 0, norm, 1.0), 0.0).unsqueeze(1)
+            if differentiable:
+                return (e * scale).scatter(1, index, (-k).unsqueeze(1))
+            return e.mul_(scale).scatter_(1, index, (-k).unsqueeze(1))
     else:
-        t = tg.dist
-        log_probs = torch.log_softmax(x, 1)
+        r = tg.dist
+        if differentiable:
+            log_probs = torch.log_softmax(torch.where(keep, input.to(compute), 0.0), 1)
+        else:
+            log_probs = torch.log_softmax(input.to(compute), 1)
+            if tg.index is not None:                         # ignored elements (smoothed indices): finite
+                log_probs.masked_fill_(~keep, 0.0)
         probs = log_probs.exp()
-        p = (t * probs).sum(1)
-        one_minus_p = (probs * (1 - t)).sum(1)               # = 1 - p without cancellation
-        terms = torch.where(t > 0, t * -log_probs.clamp_min(math.log(tiny)), 0.0)
-        bad = tg.counted & torch.isnan(log_probs).any(1)
+        if differentiable:
+            p = (r * probs).sum(1)
+            one_minus_p = (probs * (1 - r)).sum(1)           # = 1 - p without cancellation
+            entropy = (r * -log_probs.clamp_min(math.log(tiny))).sum(1)
+        else:                                                # the same products, in turn in one scratch tensor
+            scratch = torch.mul(r, probs)
+            p = scratch.sum(1)
+            one_minus_p = scratch.copy_(r).neg_().add_(1).mul_(probs).sum(1)
+            entropy = torch.clamp_min(log_probs, math.log(tiny), out=scratch).mul_(r).neg_().sum(1)
+            del scratch
         log_p = torch.log(p)
-        shape = (1, -1) + (1,) * (input.dim() - 2)           # the cross-entropy, each class with its weight
-        entropy = terms.sum(1) if weight is None else (terms * weight.to(compute).view(shape)).sum(1)
+        bad = tg.counted & torch.isnan(p)                    # a NaN or +inf logit (or only -inf) spreads to p
 
         def gradient(k):
             scale = torch.where(one_minus_p > 0, k / torch.where(one_minus_p > 0, one_minus_p, 1.0), 0.0)
-            return (probs - t) * scale.unsqueeze(1)
+            if differentiable:
+                return (probs - r) * scale.unsqueeze(1)
+            return probs.sub_(r).mul_(scale.unsqueeze(1))
     flags = [targets.nonfinite_logits(bad)]
-    return _Parts(tg, p, log_p, lambda: one_minus_p, entropy,
-                  functools.partial(_torch_problems, tg, flags, target, compute, p), gradient)
+    return _Parts(tg, p, log_p, lambda: one_minus_p, entropy, functools.partial(_torch_problems, tg, flags, p),
+                  gradient)
 
 
 _READ = {"c": _read_c, "triton": _read_triton, "torch": _read_torch}
@@ -302,13 +334,12 @@ def _forward(input, target, weight, edf, ignore_index, reduction, normalizer, gr
     """``(value, gradient or an empty tensor, Z)`` on ``path``; with ``z_given`` (the forward's ``Z``), the
     gradient as a differentiable function of ``input`` (double backward)."""
     compute = targets.compute_dtype(input.dtype)
-    parts = _READ[path](input, target, weight, ignore_index, label_smoothing, check, compute)
+    read = functools.partial(_read_torch, differentiable=True) if z_given is not None else _READ[path]
+    parts = read(input, target, weight, ignore_index, label_smoothing, check, compute)
     w, cw = _weigh(parts, edf, weight)
     problems = parts.problems(w, edf) if check else []
-    if parts.entropy is None:
-        values = cw * -parts.log_p.clamp_min(math.log(torch.finfo(compute).tiny))
-    else:
-        values = w * parts.entropy
+    entropy = -parts.log_p.clamp_min(math.log(torch.finfo(compute).tiny)) if parts.entropy is None else parts.entropy
+    values = cw * entropy
     z = _normaliser(parts.tg, cw, reduction, normalizer, group, z_given, compute, input.device)
     targets.raise_for(problems)                              # the one synchronisation (none with check=False)
     out = values if reduction == "none" else values.sum() / z if reduction == "mean" else values.sum()

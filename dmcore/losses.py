@@ -11,8 +11,24 @@ and ``p_i = softmax(z_i)[y_i]``, the gradient is
 
 the unit-L1 CCE direction times the example's weight ``w(p)`` (an :class:`dmcore.edf.EDF`) and its
 class weight ``c``, over a normaliser ``Z``. ``u_i`` is computed as the right-hand form, without
-dividing by ``1 - p_i``, so it is exact and finite at ``p_i = 1``. For class-probability targets
-``t`` (and label smoothing) ``p_i = sum_c t_c softmax(z_i)_c`` and ``e_y`` becomes ``t``
+dividing by ``1 - p_i``, so it is exact and finite at ``p_i = 1``.
+
+**Target distributions** (class-probability targets, label smoothing). An element's target ``t_i``
+with class weights ``a`` (``weight``, else 1) is read as its mass ``c_i`` times a distribution ``r_i``:
+
+.. math::
+
+    c_i = \\sum_k a_k t_{ik}, \\qquad r_i = \\frac{a \\odot t_i}{c_i}, \\qquad p_i = r_i^\\top \\mathrm{softmax}(z_i),
+    \\qquad \\frac{\\partial \\mathcal{L}}{\\partial z_i} = \\frac{c_i\\, w(p_i)}{Z}\\,
+    \\frac{\\mathrm{softmax}(z_i) - r_i}{2(1 - p_i)},
+
+with ``1 - p_i = sum_k softmax_k (1 - r_ik)`` (no cancellation) and no gradient where ``c_i = 0``. For
+a class index, ``t = e_y`` gives ``c = a_y``, ``r = e_y``: the formula above. With cross-entropy's
+weight ``w = 2(1 - p)`` the gradient is ``c softmax - a t``, that of ``F.cross_entropy`` with
+``weight`` and probability targets or ``label_smoothing`` (derived with SymPy in
+``tests/lib/test_oracle.py``). Probability targets do not need to sum to 1, as in PyTorch: a target of
+total ``m`` weighs ``m`` times its distribution (twice the target, twice the value and gradient).
+The kernels take class indices only; a target distribution always runs on PyTorch's ops
 (:mod:`dmcore.edf_operator`, where the gradient is computed).
 
 ``eps > 0`` multiplies the gradient by ``2(1 - p_i) / (2(1 - p_i) + eps)``: the paper's code
@@ -24,8 +40,9 @@ default to the code's ``eps = 1e-6``: with ``eps = 0``, DM collapsed on clean MN
 of the book's records ``eps-objective`` (:class:`dmcore.lab.train.Protocol`); :class:`EDFLoss` defaults to
 ``eps = 0``, so that natural weights reproduce their losses' gradients. With ``reduction='mean'``,
 ``Z`` is the batch sum of ``c w`` (``normalizer='batch'``, the paper's derivative normalisation) or
-of ``c`` (``normalizer='count'``, the convention of ``nn.CrossEntropyLoss``); with ``'sum'`` and
-``'none'``, ``Z = 1``.
+the count of ``nn.CrossEntropyLoss`` (``normalizer='count'``): the sum of ``weight[y]`` over the
+counted class indices (label smoothing or not), the number of elements for probability targets;
+with ``'sum'`` and ``'none'``, ``Z = 1``.
 
 **The forward value of an EDF loss is for monitoring only.** It is the emphasis-weighted
 cross-entropy ``sum_i c w(p_i) (-log p_i) / Z`` (per element for ``'none'``), which the paper's code
@@ -37,10 +54,12 @@ of the compute dtype. With ``create_graph=True`` the manipulated gradient is its
 **Closed-form losses** (:class:`CCELoss`, :class:`MAELoss`, :class:`MSELoss`, :class:`GCELoss`, and the
 noise-robust baselines :class:`SCELoss`, :class:`NCERCELoss`, :class:`Poly1Loss`) are written from their
 definitions and differentiated by autograd. With its natural weight (``edf.cce()``, ...) and
-``normalizer='count'`` the EDF path reproduces their gradients exactly, and with
+``normalizer='count'`` the EDF path reproduces their gradients exactly for class indices, and with
 ``normalizer='batch'`` it gives the papers' "-DN" variants. A closed-form loss ``l(p_y)`` extends to a
 target distribution as its expectation, ``sum_c t_c weight_c l(p_c)``, which for CCE is
-``nn.CrossEntropyLoss``'s soft-target and label-smoothing loss exactly.
+``nn.CrossEntropyLoss``'s soft-target and label-smoothing loss exactly, and so is the EDF path with
+``edf.cce()``. For the other natural weights the two extensions differ on a target distribution:
+the expectation reads every ``p_c``, the EDF path the one ``p = r^T softmax``.
 
 Conventions (all losses): logits ``(N, C)`` or ``(N, C, d1, ..., dk)`` with ``C >= 2``; targets are
 class indices ``(N)`` or ``(N, d1, ..., dk)`` (any integer dtype) or class probabilities shaped
@@ -138,16 +157,24 @@ def edf_loss(input, target, edf: EDF, weight=None, ignore_index: int = -100, red
     .. math::
 
         \\frac{\\partial \\mathcal{L}}{\\partial z_i} = \\frac{c_i\\, w(p_i)}{Z}\\,
-        \\frac{\\mathrm{softmax}(z_i) - t_i}{2(1 - p_i)}, \\qquad p_i = t_i^\\top \\mathrm{softmax}(z_i)
+        \\frac{\\mathrm{softmax}(z_i) - r_i}{2(1 - p_i)}, \\qquad p_i = r_i^\\top \\mathrm{softmax}(z_i),
+        \\qquad c_i = \\sum_k a_k t_{ik}, \\qquad r_i = \\frac{a \\odot t_i}{c_i}
+
+    for the target ``t_i`` (``e_y`` for a class index, smoothed with ``label_smoothing``) and the class
+    weights ``a``: a class index has ``c = a_y`` and ``r = e_y``; a probability target (any total) is its
+    mass ``c`` times the distribution ``r``. With ``edf.cce()`` and ``normalizer='count'`` this is
+    ``F.cross_entropy``'s gradient for every target form, ``weight`` and ``reduction`` (module docstring).
 
     Args:
         input: logits ``(N, C)`` or ``(N, C, d1, ..., dk)``, float16/bfloat16/float32/float64.
-        target: class indices ``(N)`` or ``(N, d1, ..., dk)``, or class probabilities shaped like ``input``.
+        target: class indices ``(N)`` or ``(N, d1, ..., dk)``, or class probabilities ``>= 0`` shaped like
+            ``input``, not necessarily summing to 1.
         edf: the emphasis density function ``w(p)`` (:mod:`dmcore.edf`).
         weight: optional per-class weights ``(C)``, finite and ``>= 0`` (no gradient flows to them).
         ignore_index: class-index target whose elements weigh nothing and are not counted.
         reduction: ``'mean'`` (over ``Z``), ``'sum'`` or ``'none'``.
-        normalizer: ``Z`` for ``'mean'``: ``'batch'`` (sum of weights) or ``'count'`` (sum of class weights).
+        normalizer: ``Z`` for ``'mean'``: ``'batch'`` (the sum of ``c w``) or ``'count'`` (``nn.CrossEntropyLoss``'s:
+            the sum of ``weight[y]`` for class indices, the number of elements for probabilities).
         sync_normalizer: sum ``Z`` over the ranks when ``torch.distributed`` is initialised and a
             gradient will be taken.
         eps: ``>= 0``; the gradient is multiplied by ``2(1 - p) / (2(1 - p) + eps)`` (module docstring).
@@ -157,7 +184,8 @@ def edf_loss(input, target, edf: EDF, weight=None, ignore_index: int = -100, red
         impl: ``'auto'``, ``'torch'`` or ``'c'`` (module docstring).
 
     Returns:
-        The emphasis-weighted cross-entropy (a scalar, or ``(N, d1, ..., dk)`` for ``'none'``): for
+        The emphasis-weighted cross-entropy ``c w(p) H / Z`` with ``H = -sum_k r_k log softmax_k``
+        (``-log p`` for a class index), a scalar, or ``(N, d1, ..., dk)`` for ``'none'``: for
         monitoring; the gradient is the manipulated one (module docstring).
 
     Reference: X. Wang et al., *Derivative manipulation for general example weighting*, arXiv:1905.11233.

@@ -3,9 +3,11 @@
 A target is either class indices ``(N)`` or ``(N, d1, ..., dk)`` (any integer dtype), with
 ``ignore_index`` marking elements that weigh nothing, or class probabilities of the logits' shape
 ``(N, C, d1, ..., dk)`` (floating point; mixup, cutmix, distillation). ``label_smoothing = s`` turns
-either into the distribution ``t = (1 - s) t + s / C``, as ``nn.CrossEntropyLoss`` does. Each element
-gets a class weight ``c``: ``weight[y]`` for a class index, ``sum_c weight[c] t_c`` for a
-distribution (1 without ``weight``), and 0 where it is ignored.
+either into the distribution ``t = (1 - s) t + s / C``, as ``nn.CrossEntropyLoss`` does. Probability
+targets must be finite and ``>= 0`` but need not sum to 1 (as in PyTorch). Each element gets a class
+weight ``c``: ``weight[y]`` for a class index, ``sum_c weight[c] t_c`` for a distribution (its
+total without ``weight``), and 0 where it is ignored; the EDF losses read a distribution as ``c``
+times ``weight t / c`` (:func:`read` with ``normalised=True``).
 
 The checks come in two kinds: :func:`check_call` looks at shapes, dtypes and arguments and never
 synchronises; the data checks (targets in range, finite logits, valid weights) are collected as
@@ -15,13 +17,14 @@ with ``check=False``.
 
 from __future__ import annotations
 
+import math
 import numbers
 from typing import Callable, NamedTuple
 
 import torch
 
-__all__ = ["REDUCTIONS", "Targets", "check_call", "check_options", "check_weight", "read", "raise_for", "weight_problems", "nonfinite_logits", "reduce",
-           "compute_dtype"]
+__all__ = ["REDUCTIONS", "Targets", "check_call", "check_options", "check_weight", "read", "raise_for",
+           "weight_problems", "nonfinite_logits", "reduce", "compute_dtype"]
 
 REDUCTIONS = ("mean", "sum", "none")
 
@@ -87,20 +90,28 @@ class Targets(NamedTuple):
     index: torch.Tensor | None       # class indices, 0 where not counted (long); None for probabilities
     counted: torch.Tensor            # bool: the element counts (not ignore_index, target in range)
     dist: torch.Tensor | None        # (N, C, d...) target distribution in the compute dtype, zero where not
-                                     # counted; None for plain class indices (no smoothing)
-    c: torch.Tensor                  # class weight, 0 where not counted
+                                     # counted (normalised: weight t / c); None for class indices (no smoothing)
+    c: torch.Tensor                  # class weight (a distribution's mass), 0 where not counted
     count: torch.Tensor              # the 'mean' denominator's share: weight[y] (or 1) for class indices,
                                      # 1 for probabilities (the conventions of nn.CrossEntropyLoss)
     problems: list                   # (flag, message) pairs for raise_for
 
 
-def read(input, target, weight, ignore_index, label_smoothing, dtype) -> Targets:
-    """The targets of logits ``input (N, C, d...)`` in the compute ``dtype`` (no synchronisation)."""
+def read(input, target, weight, ignore_index, label_smoothing, dtype, normalised: bool = False) -> Targets:
+    """The targets of logits ``input (N, C, d...)`` in the compute ``dtype`` (no synchronisation).
+
+    ``normalised=True`` (the EDF losses) reads a target ``t`` with class weights ``a`` as its mass
+    ``c = sum_k a_k t_k`` times the distribution ``r = a t / c`` (0 where ``c = 0``): ``dist`` is ``r``,
+    a tensor the caller owns, and ``c`` the mass. Otherwise (the closed-form losses) ``dist`` is ``t``
+    itself, possibly the caller's target, and ``c = sum_k a_k t_k``.
+    """
     num_classes = input.shape[1]
     if target.is_floating_point():
-        dist = target.to(dtype)
+        own = normalised or label_smoothing > 0          # changed in place below
+        dist = target.to(dtype, copy=True) if own else target.to(dtype)
         counted = torch.ones(dist.shape[:1] + dist.shape[2:], dtype=torch.bool, device=dist.device)
-        problems = [((~(torch.isfinite(dist) & (dist >= 0))).any(),
+        low, high = torch.aminmax(dist) if dist.numel() else (dist.new_zeros(()), dist.new_zeros(()))
+        problems = [(~((low >= 0) & (high < math.inf)),       # NaN fails both comparisons
                      lambda: "class-probability targets must be finite and >= 0")]
         index = None
     else:
@@ -114,16 +125,25 @@ def read(input, target, weight, ignore_index, label_smoothing, dtype) -> Targets
         if label_smoothing > 0:
             dist = torch.zeros(input.shape, dtype=dtype, device=input.device).scatter_(1, index.unsqueeze(1), 1.0)
     if dist is not None and label_smoothing > 0:
-        dist = dist * (1 - label_smoothing) + label_smoothing / num_classes
+        dist.mul_(1 - label_smoothing).add_(label_smoothing / num_classes)
     if dist is not None and index is not None:
-        dist = dist * counted.unsqueeze(1)
+        dist.mul_(counted.unsqueeze(1))
     shape = (1, num_classes) + (1,) * (input.dim() - 2)
     if index is None:
-        c = dist.sum(1) if weight is None else (dist * weight.to(dtype).view(shape)).sum(1)
         count = counted.to(dtype)
     else:
         count = counted.to(dtype) if weight is None else torch.where(counted, weight.to(dtype)[index], 0.0)
-        c = count if dist is None or weight is None else (dist * weight.to(dtype).view(shape)).sum(1)
+    if dist is None:
+        c = count
+    elif normalised:
+        if weight is not None:
+            dist.mul_(weight.to(dtype).view(shape))
+        c = dist.sum(1)
+        dist.div_(torch.where(c > 0, c, 1.0).unsqueeze(1))
+    elif index is not None and weight is None:
+        c = count
+    else:
+        c = dist.sum(1) if weight is None else (dist * weight.to(dtype).view(shape)).sum(1)
     return Targets(index, counted, dist, c, count, problems + weight_problems(weight))
 
 

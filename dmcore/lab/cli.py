@@ -176,10 +176,27 @@ RECORDS_HELP = "the folder of records (default: DMCORE_RECORDS, else book/record
 
 
 def main(argv=None) -> int:
-    from .train import Protocol
+    """Run the command of ``argv`` (default: the process's arguments); the exit status: 0, 1 where a
+    reproduction is outside its tolerance, 2 on a bad argument or value (named on standard error)."""
+    args = _parser().parse_args(argv)
+    if args.command == "sweep" and args.noise is None:
+        args.noise = [_noise("symmetric:0,0.2,0.4,0.6,0.8")]
+    try:
+        return args.run(args)
+    except (ValueError, FileNotFoundError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
 
+
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m dmcore", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
+    for add in (_add_bench, _add_sweep, _add_experiments, _add_reproduce):
+        add(commands)
+    return parser
+
+
+def _add_bench(commands) -> None:
     b = commands.add_parser("bench", help="time and memory of the EDF losses against F.cross_entropy")
     b.add_argument("--device", type=_device, default="cpu", help="cpu (default) or cuda[:k]")
     b.add_argument("--repeats", type=_positive, default=20, help="timed runs per loss and shape (the fastest is reported)")
@@ -192,6 +209,11 @@ def main(argv=None) -> int:
                    help="the EDF losses' implementation (default auto: C on CPU, Triton on CUDA)")
     b.add_argument("--record", default=None, help="also write the results and this machine's description to this JSON file")
     b.set_defaults(run=_bench)
+
+
+def _add_sweep(commands) -> None:
+    from .train import Protocol
+
     s = commands.add_parser("sweep", help="train a grid of runs under label noise, batched, into tidy CSV files")
     s.add_argument("--dataset", default="mnist1d",
                    help="mnist1d, mnist1d-40k, digits, cifar10 or cifar100 (with --data-dir), optionally long-tailed "
@@ -215,30 +237,31 @@ def main(argv=None) -> int:
     s.add_argument("--device", type=_device, default="cpu", help="cpu (default), cuda or cuda:K")
     s.add_argument("--threads", type=_positive, default=None, help="torch threads (>= 1; default: torch's own)")
     s.set_defaults(run=_sweep)
+
+
+def _add_experiments(commands) -> None:
     e = commands.add_parser("experiments", help="train the book's records (resumable) and install them in the folder of records")
     e.add_argument("names", nargs="*", help="experiments to train (default: all; --list names them)")
     e.add_argument("--list", action="store_true", help="list the experiments and stop")
     e.add_argument("--out", default=None, help="where to train, resumably (default: DMCORE_SCRATCH, else _build/records)")
     e.add_argument("--no-install", dest="install", action="store_false",
                    help="leave the finished records in --out instead of installing them in --records")
-    e.add_argument("--records", default=None, help=RECORDS_HELP)
-    e.add_argument("--device", type=_device, default="cpu", help=argparse.SUPPRESS)
-    e.add_argument("--threads", type=_positive, default=2, help="torch threads (default 2, as the records were made)")
+    _add_records_options(e)
     e.set_defaults(run=_experiments)
+
+
+def _add_reproduce(commands) -> None:
     r = commands.add_parser("reproduce", help="re-train an experiment's runs, or a sample, and compare them with its record")
     r.add_argument("name", help="the experiment (python -m dmcore experiments --list)")
     r.add_argument("--sample", type=_positive, default=None, help="re-train this many runs, a deterministic sample (default: all)")
     r.add_argument("--mode", choices=["auto", "bitwise", "statistical"], default="auto",
                    help="auto: bitwise where the arithmetic is the record's, else statistical (see dmcore.lab.reproduce)")
-    r.add_argument("--records", default=None, help=RECORDS_HELP)
-    r.add_argument("--device", type=_device, default="cpu", help=argparse.SUPPRESS)
-    r.add_argument("--threads", type=_positive, default=2, help="torch threads (default 2, as the records were made)")
+    _add_records_options(r)
     r.set_defaults(run=_reproduce)
-    args = parser.parse_args(argv)
-    if args.command == "sweep" and args.noise is None:
-        args.noise = [_noise("symmetric:0,0.2,0.4,0.6,0.8")]
-    try:
-        return args.run(args)
-    except (ValueError, FileNotFoundError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+
+
+def _add_records_options(command) -> None:
+    """The folder of records, and the arithmetic the records were made with (CPU, two threads)."""
+    command.add_argument("--records", default=None, help=RECORDS_HELP)
+    command.add_argument("--device", type=_device, default="cpu", help=argparse.SUPPRESS)
+    command.add_argument("--threads", type=_positive, default=2, help="torch threads (default 2, as the records were made)")

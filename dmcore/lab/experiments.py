@@ -184,9 +184,7 @@ def run(experiment, out=None, progress: bool | None = None) -> pathlib.Path:
     if new:
         sessions.append({**here, "date": started.strftime("%Y-%m-%d %H:%M UTC"),
                          "wall_seconds": round(time.perf_counter() - start, 1), "runs": new})
-        partial = path.with_name(path.name + ".partial")
-        partial.write_text(json.dumps(sessions, indent=1) + "\n")
-        os.replace(partial, path)
+        sweep.write_atomically(path, json.dumps(sessions, indent=1) + "\n")
     return folder
 
 

@@ -133,17 +133,11 @@ def reproduce(experiment, sample: int | None = None, mode: str = "auto", records
         raise ValueError(f"mode must be auto, bitwise or statistical, got {mode!r}")
     folder = records_folder(records) / experiment.name
     recorded = Results(experiments.get(experiment.name) if experiment.name in EXPERIMENTS else experiment, folder)
-    runs = sample_runs(experiment, sample)
-    trained_by = {run_id: s for s in recorded.provenance for run_id in s["runs"]}
-    threads = torch.get_num_threads()
-    torch.set_num_threads(recorded.provenance[0]["threads"])    # the record's, so that bits can match
-    try:
-        here = provenance(experiment.model)
-        results, seconds = _retrain(experiment, runs, progress)
-    finally:
-        torch.set_num_threads(threads)
-
+    # the record's thread count, so that bits can match
+    here, results, seconds = _retrain(experiment, sample_runs(experiment, sample), progress,
+                                      recorded.provenance[0]["threads"])
     spread = {m: (_spread(recorded, m), _book_spread(folder.parent, m)) for m in _CHECKED}
+    trained_by = {run_id: s for s in recorded.provenance for run_id in s["runs"]}
     by_id = {r["run_id"]: r for r in recorded.runs}
     modes, rows = {}, []
     for result in results:
@@ -196,14 +190,22 @@ def _statistical(old: dict, history: list[dict], result: dict, recorded: Results
     return rows
 
 
-def _retrain(experiment: Experiment, runs: list[train.Run], progress: bool | None):
-    """Train ``runs`` of ``experiment`` with a progress bar (steps, time left); results and seconds."""
-    start = time.perf_counter()
-    trainer = experiments.TRAINERS[experiment.trainer]
-    with sweep.StepBar(experiment.protocol.steps, progress, f"{len(runs)} runs") as bar:
-        results = trainer(experiment.model, data.by_name(experiment.dataset), runs, experiment.protocol,
-                          progress=bar.callback())
-    return results, time.perf_counter() - start
+def _retrain(experiment: Experiment, runs: list[train.Run], progress: bool | None, threads: int):
+    """Train ``runs`` of ``experiment`` on ``threads`` threads (the caller's count is restored after) with a
+    progress bar (steps, time left): this process's :func:`~dmcore.lab.records.provenance`, the results
+    and the seconds."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        here = provenance(experiment.model)
+        start = time.perf_counter()
+        trainer = experiments.TRAINERS[experiment.trainer]
+        with sweep.StepBar(experiment.protocol.steps, progress, f"{len(runs)} runs") as bar:
+            results = trainer(experiment.model, data.by_name(experiment.dataset), runs, experiment.protocol,
+                              progress=bar.callback())
+        return here, results, time.perf_counter() - start
+    finally:
+        torch.set_num_threads(before)
 
 
 def _spread(results: Results, metric: str) -> dict[tuple, float]:

@@ -69,8 +69,14 @@ def _write_csv(path: pathlib.Path, columns: list[str], rows: list[dict]) -> None
     data = text.getvalue().encode()
     if path.suffix == ".gz":
         data = gzip.compress(data, compresslevel=9, mtime=0)
+    write_atomically(path, data)
+
+
+def write_atomically(path: pathlib.Path, data: bytes | str) -> None:
+    """``data`` at ``path``, written beside it (``<name>.partial``) and renamed: an interruption leaves
+    the old file or the new one, whole."""
     scratch = path.with_name(path.name + ".partial")
-    scratch.write_bytes(data)
+    scratch.write_bytes(data.encode() if isinstance(data, str) else data)
     os.replace(scratch, path)
 
 
@@ -126,20 +132,8 @@ def run_sweep(out, dataset: str, model: str, runs: list[train.Run], protocol: tr
     files is (:func:`dmcore.lab.data.by_name`).
     """
     out = pathlib.Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    config = {"dataset": dataset, "model": model, "device": device, "protocol": asdict(protocol),
-              "runs": [r.run_id for r in runs], "torch": torch.__version__}
-    config_path = out / "config.json"
-    if config_path.exists():
-        previous = json.loads(config_path.read_text())
-        keys = ("dataset", "model", "protocol")
-        if any(previous.get(k) != json.loads(json.dumps(config[k])) for k in keys):
-            raise ValueError(f"{out} holds a sweep with another configuration ({config_path}); choose another --out")
-        config["runs"] = sorted(set(previous["runs"]) | set(config["runs"]))
-    scratch = config_path.with_name("config.json.partial")
-    scratch.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
-    os.replace(scratch, config_path)
-
+    _write_config(out, {"dataset": dataset, "model": model, "device": device, "protocol": asdict(protocol),
+                        "runs": [r.run_id for r in runs], "torch": torch.__version__})
     done_rows = read_csv(out / "runs.csv")
     history_rows = read_csv(out / HISTORY_FILE)
     done = {row["run_id"] for row in done_rows}
@@ -153,14 +147,33 @@ def run_sweep(out, dataset: str, model: str, runs: list[train.Run], protocol: tr
     with StepBar(len(chunks) * protocol.steps, progress, f"{len(pending)} runs") as bar:
         for part in chunks:
             for result in trainer(model, ds, part, protocol, device=device, progress=bar.callback()):
-                final = result["history"][-1]
-                extra = [k for k in result if k not in RUN_COLUMNS and k != "history"]
-                done_rows.append({**{k: result[k] for k in RUN_COLUMNS + extra if k in result},
-                                  **{k: final[k] for k in RUN_COLUMNS if k in final}})
+                done_rows.append(_run_row(result))
                 history_rows.extend({"run_id": result["run_id"], **h} for h in result["history"])
             _write_csv(out / HISTORY_FILE, _columns(history_rows, HISTORY_COLUMNS), history_rows)
             _write_csv(out / "runs.csv", _columns(done_rows, RUN_COLUMNS), done_rows)
     return read_csv(out / "runs.csv")
+
+
+def _write_config(out: pathlib.Path, config: dict) -> None:
+    """``out/config.json``, with the runs of the sweep already there; a directory that holds a sweep of
+    another dataset, model or protocol is refused."""
+    out.mkdir(parents=True, exist_ok=True)
+    config_path = out / "config.json"
+    if config_path.exists():
+        previous = json.loads(config_path.read_text())
+        keys = ("dataset", "model", "protocol")
+        if any(previous.get(k) != json.loads(json.dumps(config[k])) for k in keys):
+            raise ValueError(f"{out} holds a sweep with another configuration ({config_path}); choose another --out")
+        config["runs"] = sorted(set(previous["runs"]) | set(config["runs"]))
+    write_atomically(config_path, json.dumps(config, indent=2, sort_keys=True) + "\n")
+
+
+def _run_row(result: dict) -> dict:
+    """A trained run's row of ``runs.csv``: its results and the metrics of its last evaluation."""
+    final = result["history"][-1]
+    extra = [k for k in result if k not in RUN_COLUMNS and k != "history"]
+    return {**{k: result[k] for k in RUN_COLUMNS + extra if k in result},
+            **{k: final[k] for k in RUN_COLUMNS if k in final}}
 
 
 _TEXT_COLUMNS = {"run_id", "dataset", "model", "loss", "noise"}

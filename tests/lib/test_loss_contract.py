@@ -280,8 +280,8 @@ def test_closed_form_losses_take_the_expectation_over_the_target(batch):
 
 def test_probability_targets_are_checked(batch):
     x, _ = batch((4, 3))
-    with pytest.raises(ValueError, match="must sum to 1"):
-        losses.dm_loss(x, torch.full((4, 3), 0.5, dtype=torch.float64))
+    with pytest.raises(ValueError, match="must be finite and >= 0"):     # a total other than 1 is taken
+        losses.dm_loss(x, torch.full((4, 3), -0.5, dtype=torch.float64))
     with pytest.raises(ValueError, match="label_smoothing must be a number in"):
         losses.DMLoss(label_smoothing=1.5)
 
