@@ -61,23 +61,27 @@ target distribution as its expectation, ``sum_c t_c weight_c l(p_c)``, which for
 ``edf.cce()``. For the other natural weights the two extensions differ on a target distribution:
 the expectation reads every ``p_c``, the EDF path the one ``p = r^T softmax``.
 
-Conventions (all losses): logits ``(N, C)`` or ``(N, C, d1, ..., dk)`` with ``C >= 2``; targets are
-class indices ``(N)`` or ``(N, d1, ..., dk)`` (any integer dtype) or class probabilities shaped
-like the logits (:mod:`dmcore.targets`); ``ignore_index`` (ignored elements weigh nothing, are not
-counted, and their logits may be anything, NaN included); ``reduction`` in ``'mean' | 'sum' |
-'none'`` (``'none'`` returns shape ``(N, d1, ..., dk)``); an optional per-class ``weight`` of shape
-``(C)``; ``label_smoothing`` in ``[0, 1]``. float16 and bfloat16 logits are computed in float32 and
-their gradients returned in the input's dtype.
+Conventions (all losses): logits ``(N, C)`` or ``(N, C, d1, ..., dk)`` with ``C >= 2``, or unbatched
+``(C)``; targets are class indices ``(N)`` or ``(N, d1, ..., dk)`` (``()`` for unbatched logits; any
+integer dtype) or class probabilities shaped like the logits (:mod:`dmcore.targets`), ``>= 0`` and
+not necessarily summing to 1; ``ignore_index`` (ignored elements weigh nothing, are not counted, and
+their logits may be anything, NaN included); ``reduction`` in ``'mean' | 'sum' | 'none'``
+(``'none'`` returns shape ``(N, d1, ..., dk)``, and a 0-d tensor for unbatched logits, as every
+reduction does); an optional per-class ``weight`` of shape ``(C)``; ``label_smoothing`` in
+``[0, 1]``. float16 and bfloat16 logits are computed in float32 and their gradients returned in the
+input's dtype.
 
 Bad input raises: ``TypeError`` for non-floating logits, targets that are neither indices nor
-probabilities, a non-integer ``ignore_index`` or an integer ``weight``; ``ValueError`` for wrong
-shapes, ``C < 2``, targets outside ``[0, C)`` other than ``ignore_index``, NaN or ``+inf`` logits (or
-a row of only ``-inf``) in a counted element, a negative or non-finite class weight, and an EDF that
-returns negative or non-finite weights. The data checks cost one device-to-host synchronisation per
-call; ``check=False`` skips them (for production training on a GPU, for CUDA graphs), and then bad
-data gives NaN instead of an error. Under ``torch.compile`` the closed-form losses skip them too (a
-synchronisation would break the graph); the EDF losses run them inside their operator. An empty batch, or one whose elements are all ignored, gives a
-loss of 0 and a zero gradient for ``'mean'`` (``nn.CrossEntropyLoss`` gives NaN).
+probabilities, a non-integer ``ignore_index`` or a ``weight`` that is no floating-point tensor;
+``ValueError`` for wrong shapes (a ``weight`` not of shape ``(C)``, named with its number of classes),
+``C < 2``, targets outside ``[0, C)`` other than ``ignore_index``, negative or non-finite probability
+targets, NaN or ``+inf`` logits (or a row of only ``-inf``) in a counted element, a negative or
+non-finite class weight, and an EDF that returns negative or non-finite weights. The data checks
+cost one device-to-host synchronisation per call; ``check=False`` skips them (for production
+training on a GPU, for CUDA graphs), and then bad data gives NaN instead of an error. Under
+``torch.compile`` the closed-form losses skip them too (a synchronisation would break the graph);
+the EDF losses run them inside their operator. An empty batch, or one whose elements are all
+ignored, gives a loss of 0 and a zero gradient for ``'mean'`` (``nn.CrossEntropyLoss`` gives NaN).
 
 **Data-parallel training.** When ``torch.distributed`` is initialised with more than one process
 and a gradient will be taken (grad mode on, logits requiring grad), the ``'mean'`` normaliser of an
@@ -166,9 +170,9 @@ def edf_loss(input, target, edf: EDF, weight=None, ignore_index: int = -100, red
     ``F.cross_entropy``'s gradient for every target form, ``weight`` and ``reduction`` (module docstring).
 
     Args:
-        input: logits ``(N, C)`` or ``(N, C, d1, ..., dk)``, float16/bfloat16/float32/float64.
-        target: class indices ``(N)`` or ``(N, d1, ..., dk)``, or class probabilities ``>= 0`` shaped like
-            ``input``, not necessarily summing to 1.
+        input: logits ``(N, C)`` or ``(N, C, d1, ..., dk)``, or unbatched ``(C)``; float16/bfloat16/float32/float64.
+        target: class indices ``(N)`` or ``(N, d1, ..., dk)`` (``()`` for unbatched logits), or class
+            probabilities ``>= 0`` shaped like ``input``, not necessarily summing to 1.
         edf: the emphasis density function ``w(p)`` (:mod:`dmcore.edf`).
         weight: optional per-class weights ``(C)``, finite and ``>= 0`` (no gradient flows to them).
         ignore_index: class-index target whose elements weigh nothing and are not counted.
@@ -185,8 +189,8 @@ def edf_loss(input, target, edf: EDF, weight=None, ignore_index: int = -100, red
 
     Returns:
         The emphasis-weighted cross-entropy ``c w(p) H / Z`` with ``H = -sum_k r_k log softmax_k``
-        (``-log p`` for a class index), a scalar, or ``(N, d1, ..., dk)`` for ``'none'``: for
-        monitoring; the gradient is the manipulated one (module docstring).
+        (``-log p`` for a class index), a scalar, or ``(N, d1, ..., dk)`` for ``'none'`` (0-d for unbatched
+        logits): for monitoring; the gradient is the manipulated one (module docstring).
 
     Reference: X. Wang et al., *Derivative manipulation for general example weighting*, arXiv:1905.11233.
 
@@ -206,10 +210,11 @@ def edf_loss(input, target, edf: EDF, weight=None, ignore_index: int = -100, red
                          "or use a closed-form loss")
     need_grad = torch.is_grad_enabled() and input.requires_grad
     group = edf_operator.group_key(sync_normalizer and need_grad and reduction == "mean", process_group)
+    input, target, unbatched = targets.batch_of_one(input, target)
     value, _, _ = edf_operator.apply(input, target, weight, edf_operator.edf_key(edf), int(ignore_index), reduction,
                                        normalizer, group, float(eps), float(label_smoothing), bool(check), impl,
                                        need_grad)
-    return value
+    return value.squeeze(0) if unbatched and reduction == "none" else value
 
 
 def dm_loss(input, target, lam: float = default(edfs.dm, "lam"), beta: float = default(edfs.dm, "beta"),
@@ -255,6 +260,9 @@ def _closed_form(per_element, name, full=False):
     def loss(input, target, weight=None, ignore_index: int = -100, reduction: str = "mean",
              label_smoothing: float = 0.0, check: bool = True, **params):
         targets.check_call(input, target, weight, ignore_index, reduction, label_smoothing)
+        input, target, unbatched = targets.batch_of_one(input, target)
+        if unbatched and reduction == "none":
+            return loss(input, target, weight, ignore_index, reduction, label_smoothing, check, **params).squeeze(0)
         dtype = targets.compute_dtype(input.dtype)
         tg = targets.read(input, target, weight, ignore_index, label_smoothing, dtype)
         check = check and not torch.compiler.is_compiling()    # a synchronisation would break the graph

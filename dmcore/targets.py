@@ -7,7 +7,8 @@ either into the distribution ``t = (1 - s) t + s / C``, as ``nn.CrossEntropyLoss
 targets must be finite and ``>= 0`` but need not sum to 1 (as in PyTorch). Each element gets a class
 weight ``c``: ``weight[y]`` for a class index, ``sum_c weight[c] t_c`` for a distribution (its
 total without ``weight``), and 0 where it is ignored; the EDF losses read a distribution as ``c``
-times ``weight t / c`` (:func:`read` with ``normalised=True``).
+times ``weight t / c`` (:func:`read` with ``normalised=True``). Unbatched logits ``(C)`` take a class
+index ``()`` or probabilities ``(C)`` and are read as a batch of one (:func:`batch_of_one`).
 
 The checks come in two kinds: :func:`check_call` looks at shapes, dtypes and arguments and never
 synchronises; the data checks (targets in range, finite logits, valid weights) are collected as
@@ -23,7 +24,7 @@ from typing import Callable, NamedTuple
 
 import torch
 
-__all__ = ["REDUCTIONS", "Targets", "check_call", "check_options", "check_weight", "read", "raise_for",
+__all__ = ["REDUCTIONS", "Targets", "check_call", "check_options", "check_weight", "batch_of_one", "read", "raise_for",
            "weight_problems", "nonfinite_logits", "reduce", "compute_dtype"]
 
 REDUCTIONS = ("mean", "sum", "none")
@@ -46,24 +47,29 @@ def check_options(ignore_index, reduction, label_smoothing) -> None:
 
 
 def check_weight(weight, num_classes: int | None = None, device=None) -> None:
-    """A class weight's type, dtype, shape and device (its values: :func:`weight_problems`)."""
+    """A class weight's type, dtype, shape and device (its values: :func:`weight_problems`); the messages
+    name the shape with the number of classes where it is known (a module's weight is checked before)."""
     if not torch.is_tensor(weight):
-        raise TypeError(f"weight must be a tensor of shape (C,), got {type(weight).__name__}")
+        shape = f" of shape ({num_classes},)" if num_classes is not None else ", one weight per class"
+        raise TypeError(f"weight must be a tensor{shape}, got {type(weight).__name__}")
     if not weight.is_floating_point():
         raise TypeError(f"weight must be a floating-point tensor, got dtype {weight.dtype}")
-    if weight.dim() != 1 or (num_classes is not None and weight.shape[0] != num_classes):
-        raise ValueError(f"weight must have shape ({num_classes or 'C'},), got {tuple(weight.shape)}")
+    if num_classes is None and weight.dim() != 1:
+        raise ValueError(f"weight must be one-dimensional, one weight per class, got {tuple(weight.shape)}")
+    if num_classes is not None and tuple(weight.shape) != (num_classes,):
+        raise ValueError(f"weight must have shape ({num_classes},), got {tuple(weight.shape)}")
     if device is not None and weight.device != device:
         raise ValueError(f"weight is on {weight.device} but logits are on {device}")
 
 
 def check_call(input, target, weight, ignore_index, reduction, label_smoothing) -> bool:
-    """The checks that need no synchronisation; returns True for class-probability targets."""
+    """The checks that need no synchronisation; returns True for class-probability targets. Unbatched
+    logits ``(C)`` take a class index ``()`` or probabilities ``(C)`` (:func:`batch_of_one`)."""
     if not torch.is_tensor(input) or not input.is_floating_point():
         raise TypeError(f"logits must be a floating-point tensor, got {getattr(input, 'dtype', type(input).__name__)}")
-    if input.dim() < 2:
-        raise ValueError(f"logits must have shape (N, C) or (N, C, d1, ..., dk), got {tuple(input.shape)}")
-    num_classes = input.shape[1]
+    if input.dim() < 1:
+        raise ValueError(f"logits must have shape (C), (N, C) or (N, C, d1, ..., dk), got {tuple(input.shape)}")
+    num_classes = input.shape[1] if input.dim() > 1 else input.shape[0]
     if num_classes < 2:
         raise ValueError(f"logits need at least 2 classes along dim 1, got C = {num_classes}: with one class "
                          "p = 1 always and there is nothing to learn")
@@ -71,7 +77,7 @@ def check_call(input, target, weight, ignore_index, reduction, label_smoothing) 
         raise TypeError("targets must be class indices (an integer tensor) or class probabilities (a floating-point "
                         f"tensor shaped like the logits), got {getattr(target, 'dtype', type(target).__name__)}")
     soft = target.is_floating_point()
-    expected = tuple(input.shape) if soft else (input.shape[0],) + tuple(input.shape[2:])
+    expected = tuple(input.shape) if soft else (input.shape[0],) + tuple(input.shape[2:]) if input.dim() > 1 else ()
     if tuple(target.shape) != expected:
         kind = "class-probability" if soft else "class-index"
         raise ValueError(f"{kind} target shape {tuple(target.shape)} does not match logits {tuple(input.shape)}: "
@@ -82,6 +88,14 @@ def check_call(input, target, weight, ignore_index, reduction, label_smoothing) 
     if weight is not None:
         check_weight(weight, num_classes, input.device)
     return soft
+
+
+def batch_of_one(input, target):
+    """``(input, target, unbatched)``: unbatched logits ``(C)`` and their target as a batch of one, as
+    ``nn.CrossEntropyLoss`` reads them (the caller returns its loss 0-d for every reduction)."""
+    if input.dim() != 1:
+        return input, target, False
+    return input.unsqueeze(0), target.unsqueeze(0), True
 
 
 class Targets(NamedTuple):
@@ -161,7 +175,9 @@ def weight_problems(weight) -> list:
 
 def _out_of_range(out_of_range, target, num_classes, ignore_index) -> str:
     idx = tuple(int(i) for i in out_of_range.nonzero()[0])
-    return f"target {int(target[idx])} at index {idx} is outside [0, {num_classes - 1}] and is not ignore_index={ignore_index}"
+    where = f" at index {idx}" if target.numel() > 1 else ""      # one target (unbatched logits): no index
+    return (f"target {int(target[idx])}{where} is outside [0, {num_classes - 1}] and is not "
+            f"ignore_index={ignore_index}")
 
 
 def nonfinite_logits(bad: torch.Tensor) -> tuple:

@@ -1,6 +1,7 @@
 """The losses against an independent oracle: each EDF loss recomputed from its definition element by element
 in Python floats, and ``nn.CrossEntropyLoss`` wherever the call conventions meet (class weights with target
-distributions, unnormalised probability targets); the PyTorch path's allocations."""
+distributions, unbatched logits, unnormalised probability targets); the error messages, the PyTorch path's
+allocations."""
 
 import math
 import pathlib
@@ -213,6 +214,68 @@ def test_float32_on_cpu_takes_the_pytorch_path_for_distributions_and_smoothing(m
             losses.EDFLoss(edf.cce(), impl="c", **kw)(x.requires_grad_(), target)
 
 
+# ---------------------------------------------------------------- unbatched logits
+
+def unbatched_cases():
+    gen = torch.Generator().manual_seed(11)
+    x = (2 * torch.randn(5, generator=gen, dtype=torch.float64))
+    return [(x, torch.tensor(3)), (x, torch.tensor(3, dtype=torch.uint8)), (x, distribution((1, 5))[0]),
+            (x, torch.tensor(-100))]
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+@pytest.mark.parametrize("case", range(4), ids=["index", "uint8", "distribution", "ignored"])
+@pytest.mark.parametrize("weighted", [False, True])
+@pytest.mark.parametrize("smoothing", [0.0, 0.2])
+def test_unbatched_logits_match_nn_cross_entropy(reduction, case, weighted, smoothing):
+    x, target = unbatched_cases()[case]
+    weight = torch.linspace(0.5, 2.5, 5, dtype=torch.float64) if weighted else None
+    kw = dict(weight=weight, reduction=reduction, label_smoothing=smoothing)
+    reference = torch.nn.CrossEntropyLoss(**kw)
+    upstream = torch.tensor(1.3, dtype=torch.float64)
+    ref_value, ref_grad, _ = value_and_grad(reference, x, target if target.is_floating_point() else target.long(),
+                                            upstream)
+    if case == 3 and reduction == "mean":       # all ignored: PyTorch's 0/0; dmcore's documented 0
+        ref_value, ref_grad = torch.zeros_like(ref_value), torch.zeros_like(ref_grad)
+    for loss in (losses.CCELoss(**kw), losses.EDFLoss(edf.cce(), normalizer="count", **kw)):
+        value, grad, _ = value_and_grad(loss, x, target, upstream)
+        assert value.shape == () and grad.shape == (5,)
+        torch.testing.assert_close(grad, ref_grad, rtol=1e-12, atol=1e-14)
+        if isinstance(loss, losses.CCELoss):
+            torch.testing.assert_close(value, ref_value, rtol=1e-12, atol=1e-14)
+
+
+@pytest.mark.parametrize("name", losses.names())
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+@pytest.mark.parametrize("case", range(3), ids=["index", "uint8", "distribution"])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=str)
+def test_every_loss_takes_unbatched_logits_as_a_batch_of_one(name, reduction, case, dtype):
+    """On every path (float32 on CPU: the C kernel for class indices, where it builds)."""
+    x, target = unbatched_cases()[case]
+    x = x.to(dtype)
+    loss = losses.from_name(name)
+    loss.reduction, loss.weight = reduction, torch.linspace(0.5, 2.5, 5, dtype=dtype)
+    value, grad, upstream = value_and_grad(loss, x, target, torch.tensor(0.7, dtype=torch.float64))
+    ref_value, ref_grad, _ = value_and_grad(loss, x.unsqueeze(0), target.unsqueeze(0),
+                                            upstream.reshape(() if reduction != "none" else (1,)))
+    assert value.shape == ()
+    torch.testing.assert_close(value, ref_value.reshape(()), rtol=0, atol=0)
+    torch.testing.assert_close(grad, ref_grad[0], rtol=0, atol=0)
+
+
+def test_unbatched_shapes_that_do_not_fit_are_named():
+    with pytest.raises(ValueError, match=r"logits must have shape \(C\), \(N, C\) or \(N, C, d1, ..., dk\), got \(\)"):
+        losses.DMLoss()(torch.tensor(1.0), torch.tensor(0))
+    with pytest.raises(ValueError, match=r"class-index target shape \(1,\) does not match logits \(5,\): expected \(\)"):
+        losses.CCELoss()(torch.zeros(5), torch.tensor([1]))
+    with pytest.raises(ValueError, match=r"class-probability target shape \(1, 5\) does not match logits \(5,\)"):
+        losses.DMLoss()(torch.zeros(5), torch.full((1, 5), 0.2))
+    with pytest.raises(ValueError, match=r"target 5 is outside \[0, 4\] and is not ignore_index=-100"):
+        losses.DMLoss()(torch.zeros(5), torch.tensor(5))
+    with pytest.raises(ValueError, match="at least 2 classes"):
+        losses.DMLoss()(torch.zeros(1), torch.tensor(0))
+
+
 # ---------------------------------------------------------------- probability targets that do not sum to 1
 
 @pytest.mark.parametrize("mass", [1.7, "random"])
@@ -253,6 +316,36 @@ def test_negative_or_non_finite_probability_targets_are_still_refused(name):
         target = torch.tensor([[0.2, 0.3, 0.5], [0.1, bad, 0.5], [1.0, 0.0, 0.0]], dtype=torch.float64)
         with pytest.raises(ValueError, match="class-probability targets must be finite and >= 0"):
             losses.from_name(name)(x, target)
+
+
+def test_the_documented_errors_are_the_raised_ones():
+    """The docstrings list what is refused; a target's total is not among it, and they say so."""
+    refused = " ".join(losses.__doc__.split("Bad input raises")[1].split("\n\n")[0].split())
+    assert "probability targets" in refused and "sum to 1" not in refused
+    assert "do not need to sum to 1" in losses.__doc__ and "not necessarily summing to 1" in losses.edf_loss.__doc__
+    assert "sum to 1" not in edf_operator.__doc__
+
+
+# ---------------------------------------------------------------- error messages name the number of classes
+
+@pytest.mark.parametrize("weight, got", [(torch.ones(4), r"\(4,\)"), (torch.ones(3, 1), r"\(3, 1\)"),
+                                         ([1.0, 2.0, 3.0], "list")])
+def test_weight_shape_errors_name_the_number_of_classes(weight, got):
+    x, target = batch((4, 3))
+    calls = [lambda: losses.dm_loss(x, target, weight=weight), lambda: losses.cce_loss(x, target, weight=weight),
+             lambda: losses.dm_loss(x[0], target[1], weight=weight)]
+    for call in calls:
+        with pytest.raises((ValueError, TypeError), match=rf"weight must .*shape \(3,\), got {got}") as error:
+            call()
+        assert "(C,)" not in str(error.value)
+    if torch.is_tensor(weight) and weight.shape == (4,):
+        loss = losses.DMLoss(weight=weight)
+        with pytest.raises(ValueError, match=r"weight must have shape \(3,\), got \(4,\)"):
+            loss(x, target)
+        return
+    with pytest.raises((ValueError, TypeError), match=rf"weight must be .*one weight per class.*, got {got}") as error:
+        losses.DMLoss(weight=weight)
+    assert "(C,)" not in str(error.value)
 
 
 # ---------------------------------------------------------------- the PyTorch path's memory
