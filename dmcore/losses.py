@@ -91,8 +91,9 @@ of one process with batch ``k*b``. Every rank must then call the loss. Under ``t
 evaluation on one rank) nothing is synchronised. ``sync_normalizer=False`` turns this off.
 
 **Implementation.** ``impl='auto'`` (default) runs the compiled CPU kernel for float32 logits on CPU
-with class indices (unless ``DMCORE_CPU_KERNEL=0``) and PyTorch's ops elsewhere; ``'torch'`` and
-``'c'`` choose one (:func:`dmcore.edf_operator.implementation` says which runs; the logger
+with class indices (unless ``DMCORE_CPU_KERNEL=0``), the Triton kernels on CUDA with class indices
+(where Triton is installed), and PyTorch's ops elsewhere; ``'torch'``, ``'c'`` and ``'triton'``
+choose one (:func:`dmcore.edf_operator.implementation` says which runs; the logger
 ``dmcore.losses`` reports the first use of each). The EDF losses are the custom operator
 ``torch.ops.dmcore.edf_loss``, so ``torch.compile(fullgraph=True)`` compiles a model and its loss
 in one graph.
@@ -185,7 +186,7 @@ def edf_loss(input, target, edf: EDF, weight=None, ignore_index: int = -100, red
         label_smoothing: ``s`` in ``[0, 1]``: the target becomes ``(1 - s) t + s / C``.
         process_group: the ranks whose normalisers are summed (default: all).
         check: run the data checks (one synchronisation); ``False`` for a synchronisation-free step.
-        impl: ``'auto'``, ``'torch'`` or ``'c'`` (module docstring).
+        impl: ``'auto'``, ``'torch'``, ``'c'`` or ``'triton'`` (module docstring).
 
     Returns:
         The emphasis-weighted cross-entropy ``c w(p) H / Z`` with ``H = -sum_k r_k log softmax_k``

@@ -1,15 +1,22 @@
 """The losses against an independent oracle: each EDF loss recomputed from its definition element by element
 in Python floats, and ``nn.CrossEntropyLoss`` wherever the call conventions meet (class weights with target
 distributions, unbatched logits, unnormalised probability targets); the error messages, the PyTorch path's
-allocations."""
+allocations and the declared dependencies."""
 
+import ast
+import importlib.metadata
 import math
 import pathlib
+import re
+import sys
+import tomllib
 
 import pytest
 import sympy as sp
 import torch
 import torch.nn.functional as F
+
+import dmcore
 from dmcore import edf, edf_operator, losses
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
@@ -370,3 +377,38 @@ def test_the_pytorch_path_allocates_what_the_kernel_does(dtype, shape, monkeypat
     weight = torch.linspace(0.5, 2.0, shape[1], dtype=dtype)
     assert logits_sized_allocations(losses.DMLoss(weight=weight, label_smoothing=0.1), x, index) <= 4
     assert logits_sized_allocations(losses.DMLoss(weight=weight), x, distribution(shape).to(dtype)) <= 4
+
+
+# ---------------------------------------------------------------- documentation and packaging
+
+def test_the_implementations_are_listed_with_triton_wherever_impl_is_described():
+    for doc in (losses.__doc__, losses.edf_loss.__doc__, edf_operator.__doc__, edf_operator.implementation.__doc__):
+        assert all(f"'{name}'" in doc for name in edf_operator.IMPLS), doc
+
+
+def test_every_third_party_import_is_a_declared_dependency():
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    declared = {re.split(r"[=<>\[ ]", d)[0].lower() for d in project["dependencies"]}
+    declared |= {re.split(r"[=<>\[ ]", d)[0].lower() for extra in project["optional-dependencies"].values()
+                 for d in extra}
+    distributions = importlib.metadata.packages_distributions()
+    missing = {}
+    for path in pathlib.Path(dmcore.__file__).parent.rglob("*.py"):
+        tree = ast.parse(path.read_text())
+        optional = {id(n) for t in ast.walk(tree) if isinstance(t, ast.Try)     # try: import x / except ImportError
+                    and any(isinstance(h.type, ast.Name) and h.type.id in ("ImportError", "ModuleNotFoundError")
+                            for h in t.handlers) for stmt in t.body for n in ast.walk(stmt)}
+        for node in ast.walk(tree):
+            if id(node) in optional:
+                continue
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+                [node.module] if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module else []
+            for name in names:
+                top = name.split(".")[0]
+                if top in sys.stdlib_module_names or top == "dmcore":
+                    continue
+                dists = {d.lower() for d in distributions.get(top, [top])}
+                if not dists & declared:
+                    missing.setdefault(top, set()).add(path.name)
+    assert missing == {}
+    assert "scipy" in {re.split(r"[=<>\[ ]", d)[0].lower() for d in project["dependencies"]}
