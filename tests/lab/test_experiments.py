@@ -16,7 +16,6 @@ import torch
 from dmcore import edf
 from dmcore.lab import cli, data, experiments, records, reproduce, sweep, train
 
-ROOT = pathlib.Path(__file__).resolve().parents[2]
 TINY = experiments.Experiment("tiny", "label_noise", "a test's own experiment", "digits", "mlp",
                               train.Protocol(steps=300, eval_every=100),
                               experiments._grid(["cce", "dm"], [("symmetric", [0.0, 0.4])], 3))
@@ -42,8 +41,8 @@ def registered(tiny_record, monkeypatch):
 
 # ----------------------------------------------------------------------- definitions and records
 
-def test_every_experiment_is_well_defined():
-    chapters = {p.stem for p in (ROOT / "book").glob("*.ipynb")}
+def test_every_experiment_is_well_defined(root):
+    chapters = {p.stem for p in (root / "book").glob("*.ipynb")}
     for name, e in experiments.EXPERIMENTS.items():
         ids = [r.run_id for r in e.runs]
         assert e.name == name and len(set(ids)) == len(ids), name
@@ -58,10 +57,10 @@ def test_every_experiment_is_well_defined():
         experiments.get("nope")
 
 
-def test_each_committed_record_matches_its_definition_and_names_its_provenance():
+def test_each_committed_record_matches_its_definition_and_names_its_provenance(root):
     total = 0
     for name, e in experiments.EXPERIMENTS.items():
-        folder = ROOT / "book" / "records" / name
+        folder = root / "book" / "records" / name
         results = records.Results(e, folder)          # raises where the record is stale or incomplete
         assert len(results.runs) == len(e.runs)
         evaluations = {r["run_id"]: 0 for r in results.runs}
@@ -76,7 +75,7 @@ def test_each_committed_record_matches_its_definition_and_names_its_provenance()
             assert len(session["dmcore_commit"]) >= 40 and session["kernel"] in ("c", "torch")
         total += sum(p.stat().st_size for p in folder.iterdir())
     assert total < 15e6, f"the records take {total / 1e6:.1f} MB"
-    assert json.loads((ROOT / "book" / "records" / "bench-cpu.json").read_text())["results"]
+    assert json.loads((root / "book" / "records" / "bench-cpu.json").read_text())["results"]
 
 
 def test_a_record_holds_the_runs_exactly(tiny_record):
@@ -277,8 +276,8 @@ def test_reproduce_exits_non_zero_past_the_tolerance(registered, monkeypatch, ca
     assert "outside the tolerance" in capsys.readouterr().out
 
 
-def test_the_landing_page_counts_the_runs_the_experiments_define():
-    intro = (ROOT / "book" / "intro.md").read_text()
+def test_the_landing_page_counts_the_runs_the_experiments_define(root):
+    intro = (root / "book" / "intro.md").read_text()
     count = lambda *names: sum(len(experiments.get(n).runs) for n in names)
     assert f"noise ({count('label-noise')} runs)" in intro
     assert f"tuned fairly ({count('label-noise-tuned')} runs)" in intro

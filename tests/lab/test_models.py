@@ -40,14 +40,20 @@ def test_mlp_forward_stacked_equals_each_copy():
     params = {k: v.detach().requires_grad_() for k, v in params.items()}
     x = torch.randn(3, 5, 3, 4, dtype=torch.float64)
     upstream = torch.randn(3, 5, 4, dtype=torch.float64)
+    _assert_stacked_is_each_copy(nets, params, x, upstream, rtol=1e-12, atol=1e-12)
+
+
+def _assert_stacked_is_each_copy(nets, params, x, upstream, **tolerance):
+    """``forward_stacked`` of the copies ``nets`` (their stacked ``params``) on ``x (R, B, ...)`` gives each
+    copy's logits and, for the upstream gradient ``upstream``, each copy's parameter gradients."""
     out = nets[0].forward_stacked(params, x)
     (out * upstream).sum().backward()
     for r, net in enumerate(nets):
         alone = net(x[r])
-        torch.testing.assert_close(out[r], alone, rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(out[r], alone, **tolerance)
         (alone * upstream[r]).sum().backward()
         for name, p in net.named_parameters():
-            torch.testing.assert_close(params[name].grad[r], p.grad, rtol=1e-12, atol=1e-12, msg=name)
+            torch.testing.assert_close(params[name].grad[r], p.grad, **tolerance, msg=name)
 
 
 @pytest.mark.parametrize("depth, blocks, parameters", [(20, 9, 269_722), (44, 21, 658_586), (56, 27, 853_018)])
@@ -67,9 +73,11 @@ def test_build_names_the_problem():
         models.CifarResNet(21)
 
 
-def _stacked_copies(runs, dtype, seed=0):
+def _stacked_copies(runs, dtype, seed=0, **architecture):
+    """``runs`` MNIST-1D CNNs (``architecture``: their arguments) from ``torch.manual_seed(seed)``, with
+    LayerNorm gains and biases drawn too, and their stacked parameters, each requiring grad."""
     torch.manual_seed(seed)
-    nets = [models.MNIST1DCNN().to(dtype) for _ in range(runs)]
+    nets = [models.MNIST1DCNN(**architecture).to(dtype) for _ in range(runs)]
     for net in nets:                                   # LayerNorm affine away from (1, 0): negative gains too
         for p in net.norms.parameters():
             p.data.normal_()
@@ -87,15 +95,8 @@ def test_forward_stacked_equals_each_copy(dtype, kernel, monkeypatch):
     gen = torch.Generator().manual_seed(1)
     x = torch.randn(3, 7, 40, generator=gen, dtype=torch.float64).to(dtype)
     upstream = torch.randn(3, 7, 10, generator=gen, dtype=torch.float64).to(dtype)
-    out = nets[0].forward_stacked(params, x)
-    (out * upstream).sum().backward()
     tol = dict(rtol=1e-12, atol=1e-12) if dtype == torch.float64 else dict(rtol=2e-5, atol=2e-5)
-    for r, net in enumerate(nets):
-        alone = net(x[r])
-        torch.testing.assert_close(out[r], alone, **tol)
-        (alone * upstream[r]).sum().backward()
-        for name, p in net.named_parameters():
-            torch.testing.assert_close(params[name].grad[r], p.grad, **tol, msg=name)
+    _assert_stacked_is_each_copy(nets, params, x, upstream, **tol)
 
 
 CNN_SHAPES = [   # (channels, classes, length): the book's CNN, narrow and odd, the widest, a short input
@@ -111,14 +112,8 @@ def test_cnn_kernel_against_float64(channels, classes, length, runs, batch, shar
     from dmcore import kernels
     if kernels.cnn1d() is None:
         pytest.skip("no C compiler: the PyTorch path is the one in use")
-    torch.manual_seed(3)
-    nets = [models.MNIST1DCNN(num_classes=classes, channels=channels, length=length) for _ in range(runs)]
-    for net in nets:
-        for p in net.norms.parameters():
-            p.data.normal_()
-    stacked, _ = torch.func.stack_module_state(nets)
-    p32 = {k: v.detach().requires_grad_() for k, v in stacked.items()}
-    p64 = {k: v.detach().double().requires_grad_() for k, v in stacked.items()}
+    nets, p32 = _stacked_copies(runs, torch.float32, seed=3, num_classes=classes, channels=channels, length=length)
+    p64 = {k: v.detach().double().requires_grad_() for k, v in p32.items()}
     gen = torch.Generator().manual_seed(4)
     x = torch.randn(batch, length, generator=gen).expand(runs, batch, length) if shared else \
         torch.randn(runs, batch, length, generator=gen)

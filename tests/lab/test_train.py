@@ -15,6 +15,15 @@ def digits():
     return data.digits()
 
 
+def assert_same_history(got, expected, exact=False, context=None):
+    """Every metric of every evaluation of ``got`` equal to ``expected``'s (``exact``) or within a relative
+    1e-9 and an absolute 1e-12; NaN where the other is NaN."""
+    for a, b in zip(got, expected):
+        for key, value in a.items():
+            same = value == b[key] if exact else math.isclose(value, b[key], rel_tol=1e-9, abs_tol=1e-12)
+            assert (math.isnan(value) and math.isnan(b[key])) or same, (context, key)
+
+
 def test_batched_training_equals_one_run_at_a_time(digits):
     runs = [train.Run("cce", "symmetric", 0.2, 0), train.Run("dm", "symmetric", 0.4, 1),
             train.Run("gce", "pair", 0.3, 2), train.Run("cce-dn", "symmetric", 0.0, 3)]
@@ -22,9 +31,7 @@ def test_batched_training_equals_one_run_at_a_time(digits):
     for run, batched in zip(runs, together):
         alone = train.train_runs("mlp", digits, [run], SMALL, dtype=torch.float64)[0]
         assert len(batched["history"]) == len(alone["history"]) == 4       # steps 0, 10, 20, 30
-        for a, b in zip(batched["history"], alone["history"]):
-            for key, value in a.items():
-                assert (math.isnan(value) and math.isnan(b[key])) or math.isclose(value, b[key], rel_tol=1e-9, abs_tol=1e-12), key
+        assert_same_history(batched["history"], alone["history"], context=run)
 
 
 def test_metrics_describe_the_noise(digits):
@@ -109,9 +116,7 @@ def test_float32_runs_do_not_depend_on_their_companions(model, digits, monkeypat
     together = train.train_runs(model, dataset, runs, SMALL)
     for run, batched in zip(runs[::3] + runs[2::3], together[::3] + together[2::3]):
         alone = train.train_runs(model, dataset, [run], SMALL)[0]
-        for a, b in zip(batched["history"], alone["history"]):
-            for key, value in a.items():
-                assert (math.isnan(value) and math.isnan(b[key])) or value == b[key], (run, key)
+        assert_same_history(batched["history"], alone["history"], exact=True, context=run)
 
 
 def test_a_diverged_run_is_recorded_and_leaves_the_others_alone(digits, monkeypatch):
@@ -136,16 +141,14 @@ def test_a_diverged_run_is_recorded_and_leaves_the_others_alone(digits, monkeypa
     together = train.train_runs("mlp", digits, runs, SMALL, dtype=torch.float64)
     assert together[1]["diverged_step"] == 12
     assert [h["step"] for h in together[1]["history"]] == [0, 10, 20, 30]
-    same = lambda a, b: a == b or (math.isnan(a) and math.isnan(b))            # val_acc: NaN without a split
-    assert all(same(v, alone[1]["history"][1][k]) for k, v in together[1]["history"][1].items())  # step 10: training
+    # step 10, still training: the same as alone (val_acc: NaN without a split)
+    assert_same_history(together[1]["history"][1:2], alone[1]["history"][1:2], exact=True)
     assert all(math.isnan(v) for h in together[1]["history"][2:] for k, v in h.items() if k != "step")
     assert math.isnan(together[1]["final_test_acc"])
     assert together[1]["best_test_acc"] == max(h["test_acc"] for h in alone[1]["history"][:2])
     for r in (0, 2):
         assert together[r]["diverged_step"] is None
-        for a, b in zip(together[r]["history"], alone[r]["history"]):
-            for key, value in a.items():
-                assert (math.isnan(value) and math.isnan(b[key])) or math.isclose(value, b[key], rel_tol=1e-9, abs_tol=1e-12), key
+        assert_same_history(together[r]["history"], alone[r]["history"], context=runs[r])
 
 
 def test_new_loss_names():
@@ -176,9 +179,7 @@ def test_runs_with_their_own_learning_rates_equal_runs_trained_apart(digits):
         alone = train.train_runs("mlp", digits, [train.Run(run.loss, run.noise, run.rate, run.seed)], protocol,
                                  dtype=torch.float64)[0]
         assert batched["final_test_acc"] == alone["final_test_acc"]
-        for a, b in zip(batched["history"], alone["history"]):
-            for key, value in a.items():
-                assert (math.isnan(value) and math.isnan(b[key])) or math.isclose(value, b[key], rel_tol=1e-9, abs_tol=1e-12), key
+        assert_same_history(batched["history"], alone["history"], context=run)
 
 
 def test_expected_calibration_error_by_hand():
