@@ -13,6 +13,8 @@ One module per job:
 - :mod:`~dmcore.lab.records`: a record's provenance and the :class:`~dmcore.lab.records.Results` view.
 - :mod:`~dmcore.lab.reproduce`: re-training a sample of a record and the rule it is judged by.
 - :mod:`~dmcore.lab.tuning`: each loss's choice on noisy validation labels, paired comparisons.
+- :mod:`~dmcore.lab.verdicts`: a chapter's claim checks gathered into one verdict table.
+- :mod:`~dmcore.lab.papers`: the papers' published tables, as the book keeps them.
 - :mod:`~dmcore.lab.plotting`: the book's figure style.
 - :mod:`~dmcore.lab.bench`: the EDF losses' speed and memory against ``F.cross_entropy``.
 - :mod:`~dmcore.lab.cli`: ``python -m dmcore bench | sweep | experiments | reproduce``.
