@@ -163,7 +163,7 @@ def _named(name: str, **params: float) -> str:
 def _loss_weight(loss: str, **params: float) -> EDF:
     """The derived weight of ``loss`` with its parameters set; absolute values are resolved for
     ``0 < p < 1`` (written as ``p = 1 / (1 + r)``, ``r > 0``) where the parameters fix their sign."""
-    symbols = {"q": q, "alpha": symbolic.alpha, "beta": symbolic.beta, "epsilon": symbolic.epsilon}
+    symbols = {"q": q, "alpha": symbolic.alpha, "beta": symbolic.beta, "epsilon": symbolic.epsilon, "A": symbolic.RCE_A}
     expr = symbolic.derivative_magnitude(loss).subs({symbols[k]: _exact(v) for k, v in params.items()})
     if expr.has(sp.Abs):
         r = sp.Symbol("r", positive=True)
@@ -199,14 +199,24 @@ def gce(q: float = 0.7) -> EDF:
     return _loss_weight("gce", q=check_parameter("q", q, 0, 1, low_open=True))
 
 
-def sce(alpha: float = 0.1, beta: float = 1.0) -> EDF:
-    """Symmetric cross-entropy's weight, :math:`2(1-p)(\\alpha + 4\\beta p)`: derived from
-    :math:`\\alpha(-\\log p) + \\beta(-A)(1 - p)` with ``A = -4`` (Wang et al., ICCV 2019; their
-    CIFAR-10 setting ``alpha = 0.1, beta = 1``), ``alpha, beta >= 0``, not both 0."""
+#: The reverse cross-entropy's log of zero as the code behind the SCE and APL papers takes it: the
+#: one-hot label clamped at 1e-4, ``A = ln(1e-4) = -9.2103`` (the SCE paper's text says ``A = -4``).
+RCE_A = math.log(1e-4)
+
+
+def sce(alpha: float = 0.1, beta: float = 1.0, A: float = RCE_A) -> EDF:
+    """Symmetric cross-entropy's weight, :math:`2(1-p)(\\alpha - A\\beta p)`: derived from
+    :math:`\\alpha(-\\log p) + \\beta(-A)(1 - p)` (Wang et al., ICCV 2019; their CIFAR-10 setting
+    ``alpha = 0.1, beta = 1``), ``alpha, beta >= 0``, not both 0, and the reverse cross-entropy's
+    ``log 0 := A < 0``: by default :data:`RCE_A` ``= ln(1e-4)``, the papers' code; ``A = -4`` is the
+    SCE paper's text."""
     alpha_, beta_ = check_parameter("alpha", alpha, 0), check_parameter("beta", beta, 0)
     if alpha_ == 0 and beta_ == 0:
         raise ValueError("alpha and beta must not both be 0: the loss would be constant")
-    return _loss_weight("sce", alpha=alpha_, beta=beta_)
+    A_ = check_parameter("A", A, high=0)
+    if A_ == 0:
+        raise ValueError("A (the reverse cross-entropy's log 0) must be < 0, got 0")
+    return _loss_weight("sce", alpha=alpha_, beta=beta_, A=A_)
 
 
 def poly1(epsilon: float = 1.0) -> EDF:

@@ -131,8 +131,9 @@ __all__ = ["edf_loss", "dm_loss", "imae_loss", "cce_loss", "mae_loss", "mse_loss
 
 NORMALIZERS = ("batch", "count")
 PAPER_EPS = 1e-6   # the DM paper's code: the gradient divided by 2 - 2p + 1e-6
-#: The reverse cross-entropy's log of zero, ``A`` in Wang et al. (ICCV 2019): RCE = -A (1 - p).
-RCE_A = -4.0
+#: The reverse cross-entropy's log of zero, ``A`` in Wang et al. (ICCV 2019): RCE = -A (1 - p). The default
+#: is the papers' code's (the one-hot label clamped at 1e-4: ``A = ln(1e-4) = -9.2103``); their text says -4.
+RCE_A = edfs.RCE_A
 
 
 def _check_eps(eps):
@@ -296,10 +297,10 @@ _cce = _closed_form(lambda log_p: -log_p, "cce_loss")
 _mae = _closed_form(lambda log_p: 1 - log_p.exp(), "mae_loss")
 _mse = _closed_form(lambda log_p: (1 - log_p.exp()) ** 2, "mse_loss")
 _gce = _closed_form(lambda log_p, q: (1 - torch.exp(q * log_p)) / q, "gce_loss")
-_sce = _closed_form(lambda log_p, alpha, beta: alpha * -log_p + beta * -RCE_A * (1 - log_p.exp()), "sce_loss")
+_sce = _closed_form(lambda log_p, alpha, beta, A: alpha * -log_p + beta * -A * (1 - log_p.exp()), "sce_loss")
 _poly1 = _closed_form(lambda log_p, epsilon: -log_p + epsilon * (1 - log_p.exp()), "poly1_loss")
-_nce_rce = _closed_form(lambda log_p, log_sum, alpha, beta:
-                        alpha * log_p / log_sum + beta * -RCE_A * (1 - log_p.exp()), "nce_rce_loss", full=True)
+_nce_rce = _closed_form(lambda log_p, log_sum, alpha, beta, A:
+                        alpha * log_p / log_sum + beta * -A * (1 - log_p.exp()), "nce_rce_loss", full=True)
 
 _CLOSED_ARGS = """
     Args:
@@ -379,22 +380,31 @@ def _alpha_beta(alpha, beta):
     return alpha, beta
 
 
+def _check_A(A):
+    A = edfs.check_parameter("A", A, high=0)
+    if A == 0:
+        raise ValueError("A (the reverse cross-entropy's log 0) must be < 0, got 0")
+    return A
+
+
 def sce_loss(input, target, alpha: float = default(edfs.sce, "alpha"), beta: float = default(edfs.sce, "beta"),
-             **kwargs):
+             A: float = RCE_A, **kwargs):
     """Symmetric cross-entropy (Wang et al., ICCV 2019), :math:`\\alpha(-\\log p) + \\beta\\,\\mathrm{RCE}` with the
-    reverse cross-entropy ``RCE = -sum_k p_k log e_{y,k} = -A (1 - p)``, ``A = -4``. Its weight is
-    ``2(1 - p)(alpha + 4 beta p)`` (:func:`dmcore.edf.sce`). Defaults: the paper's CIFAR-10 setting.
+    reverse cross-entropy ``RCE = -sum_k p_k log e_{y,k} = -A (1 - p)``, ``log 0 := A < 0``: by default
+    ``ln(1e-4)`` as in the code behind the SCE and APL papers (the SCE paper's text says ``A = -4``).
+    Its weight is ``2(1 - p)(alpha - A beta p)`` (:func:`dmcore.edf.sce`). Defaults: the paper's
+    CIFAR-10 setting.
     {args}
 
     Example::
 
         >>> import torch
         >>> from dmcore import losses
-        >>> round(float(losses.sce_loss(torch.zeros(1, 4), torch.tensor([2]))), 4)   # 0.1 log 4 + 4 (3/4)
+        >>> round(float(losses.sce_loss(torch.zeros(1, 4), torch.tensor([2]), A=-4)), 4)   # 0.1 log 4 + 4 (3/4)
         3.1386
     """
     alpha, beta = _alpha_beta(alpha, beta)
-    return _sce(input, target, alpha=alpha, beta=beta, **kwargs)
+    return _sce(input, target, alpha=alpha, beta=beta, A=_check_A(A), **kwargs)
 
 
 def poly1_loss(input, target, epsilon: float = default(edfs.poly1, "epsilon"), **kwargs):
@@ -412,7 +422,7 @@ def poly1_loss(input, target, epsilon: float = default(edfs.poly1, "epsilon"), *
     return _poly1(input, target, epsilon=edfs.check_parameter("epsilon", epsilon, -1), **kwargs)
 
 
-def nce_rce_loss(input, target, alpha: float = 1.0, beta: float = 1.0, **kwargs):
+def nce_rce_loss(input, target, alpha: float = 1.0, beta: float = 1.0, A: float = RCE_A, **kwargs):
     """The active-passive loss NCE+RCE (Ma et al., ICML 2020): :math:`\\alpha\\,\\mathrm{NCE} + \\beta\\,\\mathrm{RCE}`
     with the normalised cross-entropy ``NCE = log p_y / sum_k log p_k`` and RCE as in :func:`sce_loss`.
     NCE reads every class's probability, so its gradient is not a weighting of the CCE direction and
@@ -424,11 +434,11 @@ def nce_rce_loss(input, target, alpha: float = 1.0, beta: float = 1.0, **kwargs)
 
         >>> import torch
         >>> from dmcore import losses
-        >>> float(losses.nce_rce_loss(torch.zeros(1, 4), torch.tensor([2])))   # 1/4 + 4 (3/4)
+        >>> float(losses.nce_rce_loss(torch.zeros(1, 4), torch.tensor([2]), A=-4))   # 1/4 + 4 (3/4)
         3.25
     """
     alpha, beta = _alpha_beta(alpha, beta)
-    return _nce_rce(input, target, alpha=alpha, beta=beta, **kwargs)
+    return _nce_rce(input, target, alpha=alpha, beta=beta, A=_check_A(A), **kwargs)
 
 
 for _f in (cce_loss, mae_loss, mse_loss, gce_loss, sce_loss, poly1_loss, nce_rce_loss):
@@ -630,18 +640,20 @@ class SCELoss(_ClosedLoss):
 
         >>> from dmcore import losses
         >>> losses.SCELoss().edf.name
-        'sce(alpha=0.1, beta=1)'
+        'sce(alpha=0.1, beta=1, A=-9.21034)'
     """
 
-    function, params = staticmethod(sce_loss), ("alpha", "beta")
+    function, params = staticmethod(sce_loss), ("alpha", "beta", "A")
 
-    def __init__(self, alpha: float = default(edfs.sce, "alpha"), beta: float = default(edfs.sce, "beta"), **kwargs):
+    def __init__(self, alpha: float = default(edfs.sce, "alpha"), beta: float = default(edfs.sce, "beta"),
+                 A: float = RCE_A, **kwargs):
         super().__init__(**kwargs)
         self.alpha, self.beta = _alpha_beta(alpha, beta)
+        self.A = _check_A(A)
 
     @property
     def edf(self):
-        return edfs.sce(self.alpha, self.beta)
+        return edfs.sce(self.alpha, self.beta, self.A)
 
 
 class NCERCELoss(_ClosedLoss):
@@ -655,13 +667,14 @@ class NCERCELoss(_ClosedLoss):
         True
     """
 
-    function, params = staticmethod(nce_rce_loss), ("alpha", "beta")
+    function, params = staticmethod(nce_rce_loss), ("alpha", "beta", "A")
     edf = None
 
     def __init__(self, alpha: float = default(nce_rce_loss, "alpha"), beta: float = default(nce_rce_loss, "beta"),
-                 **kwargs):
+                 A: float = RCE_A, **kwargs):
         super().__init__(**kwargs)
         self.alpha, self.beta = _alpha_beta(alpha, beta)
+        self.A = _check_A(A)
 
 
 class Poly1Loss(_ClosedLoss):
@@ -702,7 +715,8 @@ def _edf_family(constructor):
 _NAMED = {"cce": CCELoss, "mae": MAELoss, "mse": MSELoss, "gce": GCELoss, "sce": SCELoss, "nce+rce": NCERCELoss,
           "poly1": Poly1Loss, "imae": IMAELoss, "dm": DMLoss, "normal": _edf_family(edfs.normal),
           "exponential": _edf_family(edfs.exponential), "beta": _edf_family(edfs.beta_density)}
-_NATURAL = {"cce": edfs.cce, "mae": edfs.mae, "mse": edfs.mse, "gce": edfs.gce}   # also with -dn
+_NATURAL = {"cce": edfs.cce, "mae": edfs.mae, "mse": edfs.mse, "gce": edfs.gce, "sce": edfs.sce,
+            "poly1": edfs.poly1}   # also with -dn
 
 
 def _parameters(build) -> dict:
@@ -726,7 +740,9 @@ def from_name(text: str) -> nn.Module:
     losses ``imae[:T=...]``, ``dm[:lam=...,beta=...]``, ``normal[:psi=...,beta=...]``,
     ``exponential[:beta=...]``, ``beta[:alpha=...,eta=...]`` (the beta-density EDF), each with ``eps``
     (default the paper's code's, 1e-6); or a natural weight with derivative normalisation (the
-    papers' "-DN"): ``cce-dn``, ``mae-dn``, ``mse-dn``, ``gce-dn[:q=...]`` (``eps = 0``).
+    papers' "-DN"): ``cce-dn``, ``mae-dn``, ``mse-dn``, ``gce-dn[:q=...]``, ``sce-dn[:alpha=...,beta=...,A=...]``,
+    ``poly1-dn[:epsilon=...]`` (``eps = 0``). ``sce`` and ``nce+rce`` take ``A``, the reverse
+    cross-entropy's log 0 (default ``ln(1e-4)``, the papers' code; ``A=-4`` is the SCE paper's text).
 
     >>> from_name("dm:lam=1,beta=16")
     DMLoss(edf=dm(lam=1, beta=16), normalizer=batch, eps=1e-06, impl=auto, reduction=mean)

@@ -63,8 +63,9 @@ alpha = sp.Symbol("alpha", positive=True)
 eta = sp.Symbol("eta", positive=True)
 #: Poly-1's coefficient (Leng et al., ICLR 2022): L = -log p + epsilon (1 - p); it may be negative.
 epsilon = sp.Symbol("epsilon", real=True)
-#: The reverse cross-entropy's log of zero (Wang et al., ICCV 2019, section 4: A = -4).
-RCE_A = sp.Integer(-4)
+#: The reverse cross-entropy's log of zero, ``A < 0`` (Wang et al., ICCV 2019): the paper's text sets
+#: A = -4; the code behind the SCE and APL papers clamps the one-hot label at 1e-4, i.e. A = ln(1e-4).
+RCE_A = sp.Symbol("A", negative=True)
 
 
 def _one_hot(j: int, y: int) -> int:

@@ -152,7 +152,9 @@ def test_a_diverged_run_is_recorded_and_leaves_the_others_alone(digits, monkeypa
 
 
 def test_new_loss_names():
-    assert train.parse_loss("sce").weight.params == {"alpha": 0.1, "beta": 1.0}
+    assert train.parse_loss("sce").weight.params == {"alpha": 0.1, "beta": 1.0, "A": math.log(1e-4)}
+    assert train.parse_loss("sce:A=-4").weight.params == {"alpha": 0.1, "beta": 1.0, "A": -4.0}
+    assert train.parse_loss("sce-dn").edf_path and train.parse_loss("poly1-dn").eps == 0.0
     assert train.parse_loss("poly1:epsilon=2").weight.params == {"epsilon": 2.0}
     spec = train.parse_loss("nce+rce:alpha=1,beta=100")
     assert spec.weight is None and not spec.edf_path            # NCE reads the whole softmax: no w(p)

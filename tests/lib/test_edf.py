@@ -25,8 +25,8 @@ BUILT_IN = {  # constructor -> expected mode (../shared/paper/README.md)
     "exponential": (edf.exponential(2), 0.0),
     "exponential<0": (edf.exponential(-2), 1.0),
     "beta_density": (edf.beta_density(2, 3), 1 / 3),
-    "sce": (edf.sce(0.1, 1), 0.5 - 0.1 / 8),          # 2(1-p)(alpha + 4 beta p): mode 1/2 - alpha/(8 beta)
-    "sce(1, 1)": (edf.sce(1, 1), 0.5 - 1 / 8),
+    "sce": (edf.sce(0.1, 1), 0.5 + 0.1 / (2 * math.log(1e-4))),   # 2(1-p)(alpha - A beta p): 1/2 + alpha/(2 A beta)
+    "sce(1, 1, A=-4)": (edf.sce(1, 1, A=-4), 0.5 - 1 / 8),
     "poly1": (edf.poly1(1), 0.0),                       # 2(1-p)(1 + epsilon p): mode (epsilon-1)/(2 epsilon)
     "poly1(2)": (edf.poly1(2), 0.25),
 }

@@ -89,7 +89,8 @@ def _baseline_reference(logits, target, name, weight=None, reduction="mean", **p
         m = max(row)
         log_probs = [v - m - math.log(sum(math.exp(u - m) for u in row)) for v in row]
         p = math.exp(log_probs[y])
-        rce = -sum(math.exp(lp) * (0.0 if k == y else -4.0) for k, lp in enumerate(log_probs))   # log 0 := A = -4
+        log_zero = params.get("A", math.log(1e-4))   # the papers' code clamps the one-hot label at 1e-4
+        rce = -sum(math.exp(lp) * (0.0 if k == y else log_zero) for k, lp in enumerate(log_probs))
         if name == "sce":
             value = params["alpha"] * -log_probs[y] + params["beta"] * rce
         elif name == "nce+rce":
@@ -397,9 +398,10 @@ class BaselineTester(LossTester):
 
 class TestSCELoss(BaselineTester):
     function, module, name = staticmethod(losses.sce_loss), losses.SCELoss, "sce"
-    settings = [{"alpha": 0.3, "beta": 1.5}]
-    bad_params = [({"alpha": 0, "beta": 0}, ValueError, "alpha and beta must not both be 0")]
-    edfs = [edf.sce(0.3, 1.5)]
+    settings = [{"alpha": 0.3, "beta": 1.5}, {"alpha": 0.3, "beta": 1.5, "A": -4.0}]
+    bad_params = [({"alpha": 0, "beta": 0}, ValueError, "alpha and beta must not both be 0"),
+                  ({"A": 0.0}, ValueError, "must be < 0"), ({"A": 1.0}, ValueError, "A must lie in")]
+    edfs = [edf.sce(0.3, 1.5), edf.sce(0.3, 1.5, A=-4)]
 
 
 class TestPoly1Loss(BaselineTester):
@@ -411,8 +413,8 @@ class TestPoly1Loss(BaselineTester):
 
 class TestNCERCELoss(BaselineTester):
     function, module, name = staticmethod(losses.nce_rce_loss), losses.NCERCELoss, "nce+rce"
-    settings = [{"alpha": 2.0, "beta": 0.5}]
-    bad_params = [({"beta": -1}, ValueError, "beta must lie in")]
+    settings = [{"alpha": 2.0, "beta": 0.5}, {"alpha": 1.0, "beta": 100.0, "A": -4.0}]
+    bad_params = [({"beta": -1}, ValueError, "beta must lie in"), ({"A": 0.0}, ValueError, "must be < 0")]
     test_gradient_is_its_derived_weight_along_the_cce_direction = None     # not a weighting:
 
     def test_gradient_is_not_a_weighting_of_the_cce_direction(self):

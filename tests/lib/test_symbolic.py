@@ -17,6 +17,7 @@ from dmcore.symbolic import beta, lam, p, q, T
 Q = 0.7  # the papers' GCE exponent
 SCE = (0.1, 1.0)    # SCE's alpha and beta (Wang et al.'s CIFAR-10 setting)
 EPSILON = 2.0       # Poly-1's coefficient
+A = -9.21034037197618    # the reverse cross-entropy's log 0: ln(1e-4), as the SCE/APL code clamps the label
 #: The losses that are weightings of the CCE direction (NCE is not: derive() refuses it).
 WEIGHTED = sorted(name for name in symbolic.LOSSES if name != "nce")
 
@@ -36,8 +37,8 @@ def torch_loss(name, logits, target):
         return (1 - p_y) ** 2
     if name == "gce":
         return (1 - p_y**Q) / Q
-    if name == "sce":   # alpha CCE + beta RCE, with log 0 = A = -4 in the reverse cross-entropy
-        return SCE[0] * -torch.log(p_y) + SCE[1] * -(prob * (1 - one_hot) * -4.0).sum(dim=1)
+    if name == "sce":   # alpha CCE + beta RCE, with log 0 = A in the reverse cross-entropy
+        return SCE[0] * -torch.log(p_y) + SCE[1] * -(prob * (1 - one_hot) * A).sum(dim=1)
     if name == "poly1":
         return -torch.log(p_y) + EPSILON * (1 - p_y)
     raise KeyError(name)
@@ -45,7 +46,7 @@ def torch_loss(name, logits, target):
 
 def as_torch_function(expr):
     """A derived expression in p (q, SCE's alpha and beta and Poly-1's epsilon fixed) as a float64 torch function."""
-    fixed = {q: Q, symbolic.alpha: SCE[0], symbolic.beta: SCE[1], symbolic.epsilon: EPSILON}
+    fixed = {q: Q, symbolic.alpha: SCE[0], symbolic.beta: SCE[1], symbolic.epsilon: EPSILON, symbolic.RCE_A: A}
     return sp.lambdify(p, expr.subs(fixed), modules="torch")
 
 
@@ -155,7 +156,8 @@ def test_sce_and_poly1_weights_are_derived_and_nce_is_refused():
     direction; NCE divides by every class's log-probability, and the derivation says so."""
     from dmcore.symbolic import alpha, beta, epsilon, p
 
-    assert sp.simplify(symbolic.derivative_magnitude("sce") - 2 * (1 - p) * (alpha + 4 * beta * p)) == 0
+    A = symbolic.RCE_A                          # log 0 in the reverse cross-entropy, A < 0
+    assert sp.simplify(symbolic.derivative_magnitude("sce") - 2 * (1 - p) * (alpha - A * beta * p)) == 0
     r = sp.Symbol("r", positive=True)          # p = 1 / (1 + r) is in (0, 1)
     on_unit = symbolic.derivative_magnitude("poly1", 4).subs(p, 1 / (1 + r)) - (2 * (1 - p) * sp.Abs(1 + epsilon * p)).subs(p, 1 / (1 + r))
     assert sp.simplify(on_unit) == 0
