@@ -5,6 +5,8 @@
   sequences of length 40 in 10 classes (``num_samples`` asks for more). Nothing is downloaded.
 - :func:`mnist1d_large`: more MNIST-1D training sequences (40,000 by default) from the same generator,
   with the canonical test set.
+- :func:`with_fresh_test`: a second, larger test set of MNIST-1D (10,000 sequences from a generator
+  seed no other split uses), evaluated beside the canonical one and kept for final verdicts only.
 - :func:`digits`: scikit-learn's 8x8 digits (1797 images, shipped with scikit-learn), flattened to 64
   features in [0, 1], split 80/20 with stratification.
 - :func:`long_tailed`: a class-imbalanced subset of a training split, class ``c`` keeping
@@ -16,10 +18,11 @@
   the training split's statistics. The files are read, never downloaded.
 
 - :func:`by_name`: any of these by the name the sweeps and records use (``mnist1d-lt10-val0.2``,
-  ``cifar10``).
+  ``mnist1d-val0.2-fresh``, ``cifar10``).
 
 Every loader returns a :class:`Dataset` of CPU tensors: ``x_train (N, ...)``, ``y_train (N)`` int64, the
-same for the test split, ``num_classes`` and ``name``, and a validation split where one was held out.
+same for the test split, ``num_classes`` and ``name``, a validation split where one was held out, and a
+fresh test split where one was added.
 """
 
 from __future__ import annotations
@@ -33,7 +36,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 import torch
 
-__all__ = ["Dataset", "mnist1d", "mnist1d_large", "digits", "long_tailed", "with_validation", "cifar", "by_name", "parse_name"]
+__all__ = ["Dataset", "mnist1d", "mnist1d_large", "with_fresh_test", "FRESH_SEED", "digits", "long_tailed", "with_validation", "cifar", "by_name", "parse_name"]
 
 
 @dataclass(frozen=True)
@@ -48,11 +51,14 @@ class Dataset:
     num_classes: int
     x_val: torch.Tensor | None = None
     y_val: torch.Tensor | None = None
+    x_fresh: torch.Tensor | None = None
+    y_fresh: torch.Tensor | None = None
 
     def __repr__(self) -> str:
         val = "" if self.x_val is None else f", validation {tuple(self.x_val.shape)}"
-        return (f"Dataset({self.name}: train {tuple(self.x_train.shape)}{val}, test {tuple(self.x_test.shape)}, "
-                f"{self.num_classes} classes)")
+        fresh = "" if self.x_fresh is None else f", fresh test {tuple(self.x_fresh.shape)}"
+        return (f"Dataset({self.name}: train {tuple(self.x_train.shape)}{val}, test {tuple(self.x_test.shape)}"
+                f"{fresh}, {self.num_classes} classes)")
 
 
 def mnist1d(num_samples: int = 5000, seed: int = 42, train_split: float = 0.8) -> Dataset:
@@ -88,6 +94,24 @@ def mnist1d_large(num_train: int = 40_000, seed: int = 1) -> Dataset:
     as_y = lambda a: torch.tensor(a, dtype=torch.int64)
     return Dataset(f"mnist1d-{num_train // 1000}k" if num_train % 1000 == 0 else f"mnist1d-{num_train}",
                    as_x(raw["x"][:num_train]), as_y(raw["y"][:num_train]), as_x(test["x_test"]), as_y(test["y_test"]), 10)
+
+
+#: The generator seed of the fresh test set: 42 makes the canonical dataset and 1 the larger training sets.
+FRESH_SEED = 2026
+
+
+def with_fresh_test(dataset: Dataset, num: int = 10_000, seed: int = FRESH_SEED) -> Dataset:
+    """``dataset`` with a fresh MNIST-1D test split of ``num`` sequences (``x_fresh``, ``y_fresh``) from the
+    generator seed ``seed``, which no training, validation or canonical test split uses (tested:
+    no sequence is shared). Its standard error at 85% accuracy is 0.36 points, against 1.1 for the
+    canonical 1000 test sequences; the book reads it only for final verdicts."""
+    if not dataset.name.startswith("mnist1d"):
+        raise ValueError(f"a fresh test split is generated for MNIST-1D only, not {dataset.name}")
+    if seed in (42, 1):
+        raise ValueError(f"generator seed {seed} makes sequences of the canonical or the larger training sets")
+    raw = _mnist1d_arrays(int(num) + 10, int(seed), int(num) / (int(num) + 10))
+    return replace(dataset, name=f"{dataset.name}-fresh", x_fresh=torch.tensor(raw["x"][:num], dtype=torch.float32),
+                   y_fresh=torch.tensor(raw["y"][:num], dtype=torch.int64))
 
 
 @functools.lru_cache(maxsize=4)
@@ -196,10 +220,10 @@ def cifar(root, name: str = "cifar10") -> Dataset:
 
 
 def parse_name(name: str) -> tuple:
-    """``(base, thousands, ratio, fraction)`` of a dataset name (strings or None), or a ValueError."""
-    match = re.fullmatch(r"(mnist1d|digits|cifar10|cifar100)(?:-([1-9][0-9]*)k)?(?:-lt([0-9.]+))?(?:-val([0-9.]+))?",
-                         name)
-    if not match or (match.group(2) and match.group(1) != "mnist1d"):
+    """``(base, thousands, ratio, fraction, fresh)`` of a dataset name (strings or None), or a ValueError."""
+    match = re.fullmatch(r"(mnist1d|digits|cifar10|cifar100)(?:-([1-9][0-9]*)k)?(?:-lt([0-9.]+))?(?:-val([0-9.]+))?"
+                         r"(-fresh)?", name)
+    if not match or ((match.group(2) or match.group(5)) and match.group(1) != "mnist1d"):
         raise ValueError(f"unknown dataset {name!r}: expected mnist1d, mnist1d-40k, digits, cifar10 or cifar100, e.g. "
                          "mnist1d, mnist1d-lt10, digits-val0.2")
     return match.groups()
@@ -209,9 +233,10 @@ def by_name(name: str, data_dir=None) -> Dataset:
     """A dataset by name: ``mnist1d`` (4000 training sequences), ``mnist1d-40k`` (40,000 freshly generated
     training sequences, the same test set: :func:`mnist1d_large`), ``digits``, or ``cifar10`` and
     ``cifar100`` (read from ``data_dir``, :func:`cifar`); optionally long-tailed (``-lt10``: ratio 10)
-    and with a validation split held out of the training split (``-val0.2``: 20%), in that order:
-    ``mnist1d-lt10-val0.2``."""
-    base, thousands, ratio, fraction = parse_name(name)
+    with a validation split held out of the training split (``-val0.2``: 20%), and for MNIST-1D with
+    the fresh test split of :func:`with_fresh_test` (``-fresh``), in that order: ``mnist1d-lt10-val0.2``,
+    ``mnist1d-val0.2-fresh``."""
+    base, thousands, ratio, fraction, fresh = parse_name(name)
     if base.startswith("cifar"):
         if data_dir is None:
             raise ValueError(f"dataset {base} is read from files: give the folder that holds them (--data-dir)")
@@ -222,4 +247,5 @@ def by_name(name: str, data_dir=None) -> Dataset:
         dataset = mnist1d_large(1000 * int(thousands)) if thousands else mnist1d()
     if ratio:
         dataset = long_tailed(dataset, float(ratio))
-    return with_validation(dataset, float(fraction)) if fraction else dataset
+    dataset = with_validation(dataset, float(fraction)) if fraction else dataset
+    return with_fresh_test(dataset) if fresh else dataset

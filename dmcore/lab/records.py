@@ -33,7 +33,7 @@ from . import sweep
 if TYPE_CHECKING:
     from .experiments import Experiment
 
-__all__ = ["folder", "provenance", "Stat", "Results", "check_complete", "markdown_table"]
+__all__ = ["folder", "provenance", "criteria_file", "criteria_digest", "Stat", "Results", "check_complete", "markdown_table"]
 
 _PACKAGE = pathlib.Path(__file__).resolve().parents[1]   # for the commit of the code that trains
 
@@ -66,9 +66,12 @@ def _cpu_model() -> str:
 
 
 def _commit() -> str:
+    """The checkout's commit, ``+modified`` where the package or the book's pre-registered criteria
+    (``book/criteria``) differ from it."""
+    watched = [str(_PACKAGE)] + [str(p) for p in (_PACKAGE.parent / "book" / "criteria",) if p.is_dir()]
     try:
         head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=_PACKAGE, capture_output=True, text=True, timeout=30)
-        dirty = subprocess.run(["git", "status", "--porcelain", "--", str(_PACKAGE)], cwd=_PACKAGE, capture_output=True,
+        dirty = subprocess.run(["git", "status", "--porcelain", "--", *watched], cwd=_PACKAGE, capture_output=True,
                                text=True, timeout=30)
     except (OSError, subprocess.SubprocessError):
         return "unknown"
@@ -85,6 +88,20 @@ def _kernel_path(model: str) -> str:
 def is_cnn(model: str) -> bool:
     """Whether ``model`` is one of the MNIST-1D CNNs (which have a compiled kernel path)."""
     return model.startswith("mnist1d_cnn")
+
+
+def criteria_file(name: str) -> pathlib.Path | None:
+    """The pre-registered criteria of record ``name`` in the checkout the package runs from
+    (``book/criteria/<name>.toml``), or None where it has none."""
+    path = _PACKAGE.parent / "book" / "criteria" / f"{name}.toml"
+    return path if path.is_file() else None
+
+
+def criteria_digest(path) -> str:
+    """The SHA-256 of a criteria file's bytes, as a record's provenance stores it."""
+    import hashlib
+
+    return hashlib.sha256(pathlib.Path(path).read_bytes()).hexdigest()
 
 
 def provenance(model: str = "mnist1d_cnn") -> dict:

@@ -19,8 +19,9 @@ normalisation hold it back); the expected calibration error of its test predicti
 ``test_ece``, :func:`expected_calibration_error`); and, where the dataset has a validation split
 (:func:`dmcore.lab.data.with_validation`), the validation accuracy against the clean labels and against
 labels corrupted like the training labels (same scheme and rate, drawn from ``seed + 100003``), the
-only validation a practitioner with noisy data has. At the end it also gives each class's test
-accuracy (``final_class_acc``).
+only validation a practitioner with noisy data has; and where the dataset has a fresh test split
+(:func:`dmcore.lab.data.with_fresh_test`), the accuracy on it (``fresh_acc``, ``final_fresh_acc`` at the
+end). At the end it also gives each class's test accuracy (``final_class_acc``).
 
 A run whose logits overflow (NaN or infinite) has diverged: it records the step
 (``diverged_step``), stops training and reports NaN for every later metric and for its final
@@ -186,7 +187,7 @@ def _evaluate(base, params, buffers, x, chunk=1000):
         base.train()
 
 
-def _metrics(specs, splits: "_Splits", logits_train, logits_test, logits_val=None) -> list[dict]:
+def _metrics(specs, splits: "_Splits", logits_train, logits_test, logits_val=None, logits_fresh=None) -> list[dict]:
     """Each run's metrics at one evaluation (the module docstring lists them) from its logits on the
     full training, test and (where there is one) validation split."""
     out = []
@@ -215,6 +216,8 @@ def _metrics(specs, splits: "_Splits", logits_train, logits_test, logits_val=Non
             "val_acc_noisy": nan if val_pred is None else (val_pred == splits.val_observed[r]).float().mean().item(),
             "test_ece": expected_calibration_error(logits_test[r], y_test),
         })
+        if logits_fresh is not None:
+            out[-1]["fresh_acc"] = (logits_fresh[r].argmax(1) == splits.y_fresh).float().mean().item()
     return out
 
 
@@ -323,6 +326,8 @@ class _Splits:
     x_val: torch.Tensor | None = None
     y_val: torch.Tensor | None = None
     val_observed: torch.Tensor | None = None
+    x_fresh: torch.Tensor | None = None
+    y_fresh: torch.Tensor | None = None
 
 
 def _splits(dataset: Dataset, runs: list[Run], batch_size: int, device, dtype) -> _Splits:
@@ -342,6 +347,8 @@ def _splits(dataset: Dataset, runs: list[Run], batch_size: int, device, dtype) -
                         for r in runs]
         val = dict(x_val=dataset.x_val.to(device, dtype), y_val=dataset.y_val.to(device),
                    val_observed=torch.stack(val_observed).to(device))
+    if dataset.x_fresh is not None:
+        val.update(x_fresh=dataset.x_fresh.to(device, dtype), y_fresh=dataset.y_fresh.to(device))
     return _Splits(x_train, x_test, y_test, dataset.y_train.to(device), observed, noisy_mask,
                    [n.rate for n in noisy], **val)
 
@@ -424,7 +431,8 @@ def _record(step: int, stack: _Stack, splits: _Splits, specs, diverged: list, hi
     logits_train = stack.evaluate(splits.x_train)
     logits_test = stack.evaluate(splits.x_test)
     logits_val = None if splits.x_val is None else stack.evaluate(splits.x_val)
-    for r, m in enumerate(_metrics(specs, splits, logits_train, logits_test, logits_val)):
+    logits_fresh = None if splits.x_fresh is None else stack.evaluate(splits.x_fresh)
+    for r, m in enumerate(_metrics(specs, splits, logits_train, logits_test, logits_val, logits_fresh)):
         if diverged[r] is not None:
             m = {key: math.nan for key in m}
         histories[r].append({"step": step, **m})
@@ -445,5 +453,6 @@ def _results(model: str, dataset: Dataset, runs: list[Run], splits: _Splits, his
         results.append({**run.fields(), "run_id": run.run_id, "model": model, "dataset": dataset.name,
                         "realised_rate": splits.realised_rates[r], "history": history, "diverged_step": diverged[r],
                         "best_test_acc": max(measured) if measured else math.nan,
-                        "final_test_acc": history[-1]["test_acc"], "final_class_acc": class_acc})
+                        "final_test_acc": history[-1]["test_acc"], "final_class_acc": class_acc,
+                        **({"final_fresh_acc": history[-1]["fresh_acc"]} if "fresh_acc" in history[-1] else {})})
     return results
