@@ -33,7 +33,7 @@ from . import sweep
 if TYPE_CHECKING:
     from .experiments import Experiment
 
-__all__ = ["folder", "provenance", "criteria_file", "criteria_digest", "Stat", "Results", "check_complete", "markdown_table"]
+__all__ = ["RULES", "checkpoint", "folder", "provenance", "criteria_file", "criteria_digest", "Stat", "Results", "check_complete", "markdown_table"]
 
 _PACKAGE = pathlib.Path(__file__).resolve().parents[1]   # for the commit of the code that trains
 
@@ -131,6 +131,31 @@ def check_complete(experiment: Experiment, folder: pathlib.Path) -> None:
 
 # --- reading: the results view ----------------------------------------------------------------------
 
+#: The checkpoint rules: ``final`` (the last evaluation), ``early`` (early stopping on the noisy
+#: validation labels: the evaluation with the highest ``val_acc_noisy``, the first on a tie; no clean
+#: label is read) and ``best`` (the highest value of the metric itself over the evaluations: the
+#: papers' "best test accuracy", optimistic, since it reads the test set to choose).
+RULES = ("final", "early", "best")
+
+
+def checkpoint(history: list[dict], rule: str, metric: str) -> dict:
+    """The evaluation (a row of ``history``, in step order) that ``rule`` picks for ``metric``."""
+    if rule not in RULES:
+        raise ValueError(f"unknown checkpoint rule {rule!r}: expected one of {', '.join(RULES)}")
+    if not history:
+        raise ValueError("no evaluations to choose from")
+    if rule == "final":
+        return history[-1]
+    key = "val_acc_noisy" if rule == "early" else metric
+    chosen = history[-1]
+    best = -math.inf
+    for row in history:
+        value = row[key]
+        if not math.isnan(value) and value > best:
+            chosen, best = row, value
+    return chosen
+
+
 @dataclass(frozen=True)
 class Stat:
     """Mean, sample standard deviation, count and 95% interval half-width (Student's t) of a metric
@@ -175,6 +200,9 @@ class Results:
         self.runs = [r for r in runs if r["run_id"] in wanted]
         self.history = [h for h in history if h["run_id"] in wanted]
         self.provenance = json.loads((folder / "provenance.json").read_text())
+        self._histories: dict[str, list[dict]] = {}
+        for h in sorted(self.history, key=lambda h: h["step"]):
+            self._histories.setdefault(h["run_id"], []).append(h)
 
     def __repr__(self) -> str:
         return f"Results({self.experiment.name}: {len(self.runs)} runs, {len(self.history)} evaluations)"
@@ -186,6 +214,12 @@ class Results:
     def values(self, metric: str, **match) -> list:
         """``metric`` of each matching run, in seed order."""
         return [r[metric] for r in sorted(self.select(**match), key=lambda r: r["seed"])]
+
+    def at(self, metric: str, rule: str = "final", **match) -> list[dict]:
+        """For each matching run (seed order), the evaluation that checkpoint ``rule`` picks
+        (:func:`checkpoint`) for the history metric ``metric`` (``test_acc``, ``fresh_acc``, ...)."""
+        rows = sorted(self.select(**match), key=lambda r: r["seed"])
+        return [checkpoint(self._histories[r["run_id"]], rule, metric) for r in rows]
 
     def stat(self, metric: str, **match) -> Stat:
         """Mean, spread and 95% interval of ``metric`` over the matching runs (the seeds)."""

@@ -1,14 +1,17 @@
 """Fair tuning: each loss's setting chosen on noisy validation labels, and losses compared seed by seed.
 
-The record ``label-noise-tuned`` (:mod:`dmcore.lab.experiments`) trains every loss family of
-:data:`dmcore.lab.experiments.TUNING` at every learning rate of :data:`dmcore.lab.experiments.TUNING_LRS`:
-the same number of configurations for each, five seeds each. :func:`choose` picks a family's
-configuration at one noise setting the way a practitioner without clean data would: the highest
-mean final accuracy on a held-out validation split whose labels are corrupted like the training
-labels (``val_acc_noisy``), never the test set and never clean labels. A configuration with a
-diverged seed scores minus infinity. :func:`default` is the family's common setting (its first
-setting at the learning rate 0.05). Both return a :class:`Choice` with the test accuracy of every
-seed of the chosen configuration.
+A tuning record (``label-noise-tuned``, ``label-noise-fair``: :mod:`dmcore.lab.experiments`) trains
+every setting of every loss family it names (``Experiment.families``) at every learning rate of its
+runs: the same number of configurations for each family, five seeds each. :func:`choose` picks a
+family's configuration at one noise setting the way a practitioner without clean data would: the
+highest mean accuracy on a held-out validation split whose labels are corrupted like the training
+labels (``val_acc_noisy``), never the test set and never clean labels, at the checkpoint of a rule
+(:data:`dmcore.lab.records.RULES`: ``final``, the last evaluation; ``early``, each run stopped at its
+best noisy-validation accuracy; ``best``, the papers' best test accuracy of the configuration chosen
+as under ``final``). A configuration with a diverged seed scores minus infinity. :func:`default` is
+the family's common setting (its first setting at the learning rate 0.05). Both return a
+:class:`Choice` with the accuracy of every seed of the chosen configuration; ``metric`` is the history
+metric read (``test_acc``, or ``fresh_acc`` on a record with a fresh test set).
 
 :func:`paired` compares two choices seed by seed: seed ``s`` of every configuration trains on the
 same noisy labels from the same initialisation, so the per-seed differences remove the seeds' shared
@@ -30,9 +33,10 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from . import experiments, records
+from . import experiments, records, stats
 
-__all__ = ["Choice", "Paired", "configurations", "at", "choose", "default", "oracle", "paired"]
+__all__ = ["Choice", "Paired", "families", "configurations", "learning_rates", "at", "choose", "tune_lr", "default",
+           "oracle", "paired", "at_edge"]
 
 DEFAULT_LR = 0.05
 
@@ -56,6 +60,7 @@ class Choice:
     values: tuple[float, ...]
     seeds: tuple[int, ...]
     metrics: dict
+    rule: str = "final"
 
     @property
     def setting(self) -> str:
@@ -63,67 +68,119 @@ class Choice:
         return self.loss if self.lr is None else f"{self.loss}, lr {self.lr:g}"
 
 
-def configurations(family: str) -> list[tuple[str, float]]:
-    """Every (loss, learning rate) the tuning grid gives ``family``, in grid order."""
-    if family not in experiments.TUNING:
-        raise ValueError(f"unknown loss family {family!r}: expected one of {', '.join(experiments.TUNING)}")
-    return [(loss, lr) for lr in experiments.TUNING_LRS for loss in experiments.TUNING[family]]
+def families(results: records.Results) -> dict[str, tuple[str, ...]]:
+    """The loss families of a tuning record and their settings (the default first)."""
+    named = dict(results.experiment.families)
+    if not named:
+        raise ValueError(f"{results.experiment.name} is not a tuning record: it names no loss families")
+    return named
 
 
-_METRICS = ("test_ece", "logit_range", "fit_clean", "fit_noisy", "p_noisy", "best_test_acc")
+def learning_rates(results: records.Results) -> list[float]:
+    """The learning rates of a tuning record, ascending."""
+    return sorted({r.lr for r in results.experiment.runs if r.lr is not None})
+
+
+def configurations(family: str, results: records.Results | None = None) -> list[tuple[str, float]]:
+    """Every (loss, learning rate) the tuning grid gives ``family``, in grid order (the first tuning
+    record, ``label-noise-tuned``, where ``results`` is None)."""
+    named = families(results) if results is not None else experiments.TUNING
+    lrs = learning_rates(results) if results is not None else experiments.TUNING_LRS
+    if family not in named:
+        raise ValueError(f"unknown loss family {family!r}: expected one of {', '.join(named)}")
+    return [(loss, lr) for lr in lrs for loss in named[family]]
+
+
+_METRICS = ("test_ece", "logit_range", "fit_clean", "fit_noisy", "p_noisy", "p_clean")
+_RUN_METRICS = {"final_test_acc": ("test_acc", "final"), "best_test_acc": ("test_acc", "best"),
+                "final_fresh_acc": ("fresh_acc", "final")}
 
 
 def _choice(results: records.Results, family: str, loss: str, lr: float, noise: str, rate: float,
-            metric: str = "final_test_acc") -> Choice:
+            metric: str = "test_acc", rule: str = "final") -> Choice:
+    metric, rule = _RUN_METRICS.get(metric, (metric, rule))
     match = dict(loss=loss, noise=noise, rate=rate, **({} if lr is None else {"lr": lr}))
     rows = sorted(results.select(**match), key=lambda r: r["seed"])
     if not rows:
         raise ValueError(f"no runs of {loss} at lr {lr} under {noise} noise {rate:g} in {results.experiment.name}")
-    validation = [r["val_acc_noisy"] for r in rows]
-    score = -math.inf if any(math.isnan(v) for v in validation) else sum(validation) / len(validation)
-    values = tuple(r[metric] for r in rows)
-    metrics = {m: sum(r[m] for r in rows) / len(rows) for m in _METRICS if m in rows[0]}
+    # the configuration is scored on noisy validation labels: at the rule's checkpoint, and for "best"
+    # (which reads the test set) as under "final"
+    scored = results.at("test_acc", "final" if rule == "best" else rule, **match)
+    validation = [r["val_acc_noisy"] for r in scored]
+    diverged = any(not math.isnan(r["diverged_step"]) for r in rows)
+    score = -math.inf if diverged or any(math.isnan(v) for v in validation) else sum(validation) / len(validation)
+    picked = results.at(metric, rule, **match)
+    values = tuple(r[metric] for r in picked)
+    metrics = {m: sum(r[m] for r in picked) / len(picked) for m in _METRICS if m in picked[0]}
     return Choice(family, loss, lr, noise, rate, score, records.Stat.of(values), values,
-                  tuple(r["seed"] for r in rows), metrics)
+                  tuple(r["seed"] for r in rows), metrics, rule)
 
 
 def at(results: records.Results, loss: str, lr: float | None, noise: str, rate: float,
-       metric: str = "final_test_acc") -> Choice:
+       metric: str = "test_acc", rule: str = "final") -> Choice:
     """One configuration, ``loss`` at learning rate ``lr``, whether chosen or not (e.g. CCE-DN beside
     CCE at the same learning rate); ``lr=None`` for a record whose runs take the protocol's. Its
-    ``test`` and ``values`` are those of ``metric`` (the final test accuracy unless said otherwise)."""
-    return _choice(results, loss, loss, lr, noise, rate, metric)
+    ``test`` and ``values`` are those of ``metric`` at the checkpoint of ``rule`` (``final_test_acc`` and
+    ``best_test_acc`` name the test accuracy under ``final`` and ``best``)."""
+    return _choice(results, loss, loss, lr, noise, rate, metric, rule)
 
 
-def choose(results: records.Results, family: str, noise: str, rate: float) -> Choice:
-    """The configuration of ``family`` with the highest mean final noisy-validation accuracy (the
-    first in grid order on a tie)."""
-    candidates = [_choice(results, family, loss, lr, noise, rate) for loss, lr in configurations(family)]
+def choose(results: records.Results, family: str, noise: str, rate: float, rule: str = "final",
+           metric: str = "test_acc") -> Choice:
+    """The configuration of ``family`` with the highest mean noisy-validation accuracy under ``rule``
+    (the first in grid order on a tie)."""
+    candidates = [_choice(results, family, loss, lr, noise, rate, metric, rule)
+                  for loss, lr in configurations(family, _tuning(results))]
     return max(candidates, key=lambda c: c.validation)
 
 
-def default(results: records.Results, family: str, noise: str, rate: float) -> Choice:
-    """The family's common setting: its first loss of :data:`dmcore.lab.experiments.TUNING` at lr 0.05."""
-    return _choice(results, family, experiments.TUNING[family][0], DEFAULT_LR, noise, rate)
+def tune_lr(results: records.Results, loss: str, noise: str, rate: float, rule: str = "final",
+            metric: str = "test_acc") -> Choice:
+    """``loss`` at its own tuned learning rate: the rate of the record with the highest mean
+    noisy-validation accuracy under ``rule``."""
+    candidates = [_choice(results, loss, loss, lr, noise, rate, metric, rule) for lr in learning_rates(results)]
+    return max(candidates, key=lambda c: c.validation)
 
 
-def oracle(results: records.Results, family: str, noise: str, rate: float) -> Choice:
-    """The configuration with the best mean final *test* accuracy: what no practitioner can choose,
+def _tuning(results: records.Results) -> records.Results | None:
+    return results if results.experiment.families else None
+
+
+def default(results: records.Results, family: str, noise: str, rate: float, rule: str = "final",
+            metric: str = "test_acc") -> Choice:
+    """The family's common setting: its first loss at lr 0.05."""
+    named = families(results) if results.experiment.families else experiments.TUNING
+    return _choice(results, family, named[family][0], DEFAULT_LR, noise, rate, metric, rule)
+
+
+def oracle(results: records.Results, family: str, noise: str, rate: float, rule: str = "final",
+           metric: str = "test_acc") -> Choice:
+    """The configuration with the best mean *test* accuracy: what no practitioner can choose,
     shown only to measure what the noisy-validation choice gives away."""
-    candidates = [_choice(results, family, loss, lr, noise, rate) for loss, lr in configurations(family)]
+    candidates = [_choice(results, family, loss, lr, noise, rate, metric, rule)
+                  for loss, lr in configurations(family, _tuning(results))]
     return max(candidates, key=lambda c: -math.inf if math.isnan(c.test.mean) else c.test.mean)
+
+
+def at_edge(results: records.Results, choice: Choice) -> bool:
+    """Whether ``choice``'s learning rate is the smallest or the largest of the record's grid."""
+    lrs = learning_rates(results)
+    return choice.lr in (lrs[0], lrs[-1])
 
 
 @dataclass(frozen=True)
 class Paired:
-    """Per-seed differences ``a - b`` of final test accuracy: their mean, the 95% t-interval of the
-    mean, the number of seeds, and how many seeds ``a`` won and lost."""
+    """Per-seed differences ``a - b`` of the choices' accuracy: their mean, the 95% t-interval of the
+    mean, the number of seeds, how many seeds ``a`` won and lost, the paired t-test's two-sided p-value
+    (:func:`dmcore.lab.stats.paired_t`) and the differences themselves."""
 
     mean: float
     ci95: float
     n: int
     wins: int
     losses: int
+    p: float = math.nan
+    differences: tuple = ()
 
     @property
     def verdict(self) -> str:
@@ -148,5 +205,5 @@ def paired(a: Choice, b: Choice) -> Paired:
     if a.seeds != b.seeds:
         raise ValueError(f"the choices have different seeds: {a.seeds} and {b.seeds}")
     differences = [x - y for x, y in zip(a.values, b.values)]
-    stat = records.Stat.of(differences)
-    return Paired(stat.mean, stat.ci95, stat.n, sum(d > 0 for d in differences), sum(d < 0 for d in differences))
+    test = stats.paired_t(differences)
+    return Paired(test.mean, test.ci95, test.n, test.wins, test.losses, test.p, tuple(differences))

@@ -108,3 +108,27 @@ def test_mnist1d_large_has_fresh_training_sequences_and_the_canonical_test_set()
     assert torch.cdist(large.x_train[:500], both).min() > 1e-3
     with pytest.raises(ValueError, match="seed 42 generates the canonical dataset"):
         data.mnist1d_large(2000, seed=42)
+
+
+def _rows(x):
+    return {tuple(row) for row in x.numpy().tolist()}
+
+
+def test_the_fresh_test_set_is_disjoint_from_every_split_it_judges():
+    """The 10,000 fresh sequences share none with the canonical training, validation and test splits, nor
+    with the larger training sets of the generator's seed 1; their labels are balanced like the others."""
+    fresh = data.by_name("mnist1d-val0.2-fresh")
+    assert fresh.x_fresh.shape == (10_000, 40) and fresh.name == "mnist1d-val0.2-fresh"
+    seen = _rows(fresh.x_fresh)
+    assert len(seen) == 10_000
+    for split in (fresh.x_train, fresh.x_val, fresh.x_test, data.by_name("mnist1d-4k").x_train):
+        assert not seen & _rows(split)
+    counts = torch.bincount(fresh.y_fresh, minlength=10)
+    assert counts.min() > 800 and counts.max() < 1200
+    assert torch.equal(fresh.x_test, data.mnist1d().x_test)          # the exploratory test set is unchanged
+    with pytest.raises(ValueError, match="generator seed 42"):
+        data.with_fresh_test(data.mnist1d(), seed=42)
+    with pytest.raises(ValueError, match="MNIST-1D only"):
+        data.with_fresh_test(data.digits())
+    with pytest.raises(ValueError, match="unknown dataset 'digits-fresh'"):
+        data.by_name("digits-fresh")

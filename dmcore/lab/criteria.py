@@ -1,0 +1,96 @@
+"""Pre-registered criteria: each claim's test, written down and committed before its record is trained.
+
+A record's criteria live in ``book/criteria/<record>.toml`` (read with :func:`load`): the analysis every
+verdict follows (metric, checkpoint rules, selection, test, correction, margin) and, for each claim or
+finding, what is compared and when it holds, partly holds or does not hold. When
+:func:`dmcore.lab.experiments.run` trains the record it stores the file's SHA-256 in the record's
+provenance, from a commit that includes the file unmodified (``+modified`` counts the criteria).
+:func:`check_unchanged` is the proof that the criteria came first: every training session of the record
+was a clean commit, stored the digest of today's file, and, where the repository's history is at hand,
+that commit holds today's file byte for byte.
+
+Example::
+
+    >>> from dmcore.lab import criteria
+    >>> plan = criteria.load("label-noise-fair")
+    >>> plan["analysis"]["judged"], plan["analysis"]["correction"]
+    (['final', 'early'], 'holm')
+"""
+
+from __future__ import annotations
+
+import json
+import pathlib
+import subprocess
+import tomllib
+
+from . import records
+
+__all__ = ["folder", "path", "load", "claims", "check_unchanged"]
+
+
+def folder(records_folder=None) -> pathlib.Path:
+    """The folder of criteria: ``criteria`` beside the folder of records (:func:`dmcore.lab.records.folder`)."""
+    return records.folder(records_folder).parent / "criteria"
+
+
+def path(name: str, records_folder=None) -> pathlib.Path:
+    """The criteria file of record ``name``."""
+    file = folder(records_folder) / f"{name}.toml"
+    if not file.is_file():
+        raise FileNotFoundError(f"record {name!r} has no pre-registered criteria ({file} does not exist)")
+    return file
+
+
+def load(name: str, records_folder=None) -> dict:
+    """The criteria of record ``name`` as a dict (TOML)."""
+    plan = tomllib.loads(path(name, records_folder).read_text())
+    if plan.get("record") != name:
+        raise ValueError(f"{path(name, records_folder)} names the record {plan.get('record')!r}, not {name!r}")
+    return plan
+
+
+def claims(plan: dict) -> dict[str, dict]:
+    """The claims and findings of a plan by id, in the file's order."""
+    return {c["id"]: c for c in plan.get("claim", []) + plan.get("finding", [])}
+
+
+def _text_at(commit: str, file: pathlib.Path) -> bytes | None:
+    """``file`` as it was at ``commit`` of its repository (None where git or the commit is not at hand)."""
+    try:
+        top = subprocess.run(["git", "rev-parse", "--show-toplevel"], cwd=file.parent, capture_output=True, text=True,
+                             timeout=30)
+        if top.returncode != 0:
+            return None
+        relative = file.resolve().relative_to(pathlib.Path(top.stdout.strip()).resolve()).as_posix()
+        shown = subprocess.run(["git", "show", f"{commit}:{relative}"], cwd=file.parent, capture_output=True, timeout=30)
+    except (OSError, subprocess.SubprocessError, ValueError):
+        return None
+    return shown.stdout if shown.returncode == 0 else None
+
+
+def check_unchanged(name: str, records_folder=None, history: bool = True) -> list[str]:
+    """Why the criteria of record ``name`` cannot be shown to predate it (an empty list where they can):
+    a training session from modified code, one without the criteria's digest or with another digest than
+    today's file, or (``history``) a session's commit whose copy of the file differs from today's."""
+    file = path(name, records_folder)
+    today = file.read_bytes()
+    digest = records.criteria_digest(file)
+    sessions = json.loads((records.folder(records_folder) / name / "provenance.json").read_text())
+    problems = []
+    for s in sessions:
+        commit = s["dmcore_commit"]
+        if commit.endswith("+modified") or commit == "unknown":
+            problems.append(f"session of {s['date']} trained from {commit}: not a committed state")
+            continue
+        if s.get("criteria_sha256") != digest:
+            problems.append(f"session of {s['date']} stored criteria digest {s.get('criteria_sha256')}, "
+                            f"today's file has {digest}")
+        if history:
+            then = _text_at(commit, file)
+            if then is None:
+                problems.append(f"commit {commit[:10]} of the session of {s['date']} is not in this repository's history "
+                                "or holds no criteria file")
+            elif then != today:
+                problems.append(f"the criteria changed after commit {commit[:10]}, which trained the session of {s['date']}")
+    return problems
