@@ -73,15 +73,22 @@ def figure(ncols: int = 1, nrows: int = 1, width: float = 6.4, height: float = 4
 
 
 def color(name: str) -> str:
-    """The colour of a weighting scheme; an unknown name raises a KeyError that lists the known ones."""
+    """The colour of a weighting scheme (of its family where parameters follow a colon: ``sce:A=-4``);
+    an unknown name raises a KeyError that lists the known ones."""
+    if name not in COLORS and name.partition(":")[0] in COLORS:
+        return COLORS[name.partition(":")[0]]
     if name not in COLORS:
         raise KeyError(f"no colour for {name!r}; known: {sorted(COLORS)}")
     return COLORS[name]
 
 
 def label(name: str) -> str:
-    """The display name of a weighting scheme (the name itself when it has none)."""
-    return LABELS.get(name, name)
+    """The display name of a weighting scheme, its parameters after it (``sce:A=-4`` -> ``SCE (A=-4)``);
+    the name itself when it has none."""
+    if name in LABELS:
+        return LABELS[name]
+    base, _, params = name.partition(":")
+    return f"{LABELS[base]} ({params})" if params and base in LABELS else name
 
 
 def weight_axes(ax, ylabel: str = "weight $w(p)$") -> None:
