@@ -12,7 +12,7 @@ EDF                    :math:`w(p)`                                emphasis mode
 ``mae()``              :math:`2p(1-p)`                             1/2
 ``mse()``              :math:`4p(1-p)^2`                           1/3
 ``gce(q)``             :math:`2p^q(1-p)`                           q/(q+1)
-``sce(alpha, beta)``   :math:`2(1-p)(\\alpha + 4\\beta p)`            max(0, 1/2 - alpha/(8 beta))
+``sce(alpha, beta)``   :math:`2(1-p)(\\alpha - A\\beta p)`             max(0, 1/2 + alpha/(2 A beta))
 ``poly1(epsilon)``     :math:`2(1-p)(1 + \\epsilon p)`                max(0, (epsilon-1)/(2 epsilon))
 ``imae(T)``            :math:`\\exp(T p (1-p))`                     1/2
 ``dm(lam, beta)``      :math:`\\exp(\\beta p^\\lambda (1-p))`         lambda/(lambda+1)
