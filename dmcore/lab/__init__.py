@@ -12,7 +12,11 @@ One module per job:
 - :mod:`~dmcore.lab.experiments`: the book's experiments, defined once, trained and installed.
 - :mod:`~dmcore.lab.records`: a record's provenance and the :class:`~dmcore.lab.records.Results` view.
 - :mod:`~dmcore.lab.reproduce`: re-training a sample of a record and the rule it is judged by.
-- :mod:`~dmcore.lab.tuning`: each loss's choice on noisy validation labels, paired comparisons.
+- :mod:`~dmcore.lab.tuning`: each loss's choice on noisy validation labels under a checkpoint rule,
+  paired comparisons.
+- :mod:`~dmcore.lab.stats`: paired t-tests with sign counts, Holm and Benjamini-Hochberg, TOST.
+- :mod:`~dmcore.lab.criteria`: pre-registered criteria, and the proof that they predate their record.
+- :mod:`~dmcore.lab.judge`: the claims of a tuning record judged by its criteria.
 - :mod:`~dmcore.lab.verdicts`: a chapter's claim checks gathered into one verdict table.
 - :mod:`~dmcore.lab.papers`: the papers' published tables, as the book keeps them.
 - :mod:`~dmcore.lab.plotting`: the book's figure style.
