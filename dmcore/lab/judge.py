@@ -266,7 +266,8 @@ class Judge:
     def _claim_f1(self, rule):
         tests = self.tests(rule)
         eq = {s: self.equivalence(("F1", "mse-dn", s), rule) for s in self.settings}
-        different = [s for s in self.settings if tests["F1", "mse-dn", s].direction != "unresolved"]
+        different = [s for s in self.settings                # significant, and not within the margin
+                     if tests["F1", "mse-dn", s].direction != "unresolved" and not eq[s].equivalent]
         verdict = ("holds" if all(e.equivalent for e in eq.values()) else
                    "does not hold" if different else "partly holds")
         return verdict, "DM minus MSE-DN: " + "; ".join(
