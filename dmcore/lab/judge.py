@@ -154,7 +154,17 @@ class Judge:
         """Claim ``claim`` judged under ``rule``."""
         judge = getattr(self, "_claim_" + claim.lower())
         verdict, evidence = judge(rule)
-        return Verdict(claim, rule, verdict, evidence, provisional=bool(self.edge_choices(rule)) and claim != "F3")
+        return Verdict(claim, rule, verdict, evidence, provisional=bool(self._edges(rule) & self.READS.get(claim, set())))
+
+    #: What each claim reads: families tuned over their settings and learning rates (``family``) and losses
+    #: tuned over the learning rates (``loss``); a verdict is provisional where one of them was chosen at an
+    #: edge of the grid.
+    READS = {"H": {("family", f) for f in ("dm", "cce", "gce", "imae")}, "1": {("family", "cce")},
+             "2": {("loss", "mae"), ("loss", "cce")}, "3": {("family", f) for f in ("imae", "dm", "cce")},
+             "4": {("family", "dm"), ("family", "cce")}, "5": {("family", f) for f in ("gce", "cce", "mae")},
+             "6": {("loss", "dm"), ("loss", "dm:lam=2,beta=8")},
+             "7": {("loss", l) for l in ("cce-dn", "cce", "mae-dn")}, "F1": {("loss", "dm"), ("loss", "mse-dn")},
+             "F2": {("loss", l) for l in ("gce", "gce-dn", "sce", "sce-dn", "poly1", "poly1-dn")}}
 
     def overall(self, claim: str) -> str:
         """The weakest verdict of ``claim`` over the judged rules."""
@@ -166,6 +176,12 @@ class Judge:
         self.tests(rule)
         chosen += [c for k, c in self._cache.items() if k[0] == "loss" and k[3] == rule]
         return [c for c in chosen if tuning.at_edge(self.results, c)]
+
+    def _edges(self, rule: str) -> set[tuple[str, str]]:
+        """``(kind, name)`` of every choice under ``rule`` at an edge of the grid (``READS``'s kinds)."""
+        self.edge_choices(rule)
+        return {(key[0], key[1]) for key, c in list(self._cache.items())
+                if key[0] in ("family", "loss") and key[3] == rule and tuning.at_edge(self.results, c)}
 
     def _fmt(self, key, rule) -> str:
         t = self.tests(rule)[key]
