@@ -161,7 +161,7 @@ def test_new_loss_names():
     assert train.parse_loss("normal:psi=0.25,beta=8").edf_path and train.parse_loss("normal").eps == 1e-6
     assert train.parse_loss("beta:alpha=4,eta=2").weight.params == {"alpha": 4.0, "eta": 2.0}
     assert train.parse_loss("exponential:beta=-2").weight.params == {"beta": -2.0}
-    for bad, message in [("sce-dn", "unknown loss"), ("poly1:epsilon=-3", "epsilon must lie in"),
+    for bad, message in [("nce+rce-dn", "unknown loss"), ("poly1:epsilon=-3", "epsilon must lie in"),
                          ("sce:alpha=0,beta=0", "must not both be 0"), ("beta:alpha=0.5", "alpha must lie in")]:
         with pytest.raises(ValueError, match=message):
             train.parse_loss(bad)
