@@ -26,7 +26,7 @@ import tomllib
 
 from . import records
 
-__all__ = ["folder", "path", "load", "claims", "check_unchanged"]
+__all__ = ["folder", "path", "load", "named", "claims", "check_unchanged"]
 
 
 def folder(records_folder=None) -> pathlib.Path:
@@ -35,19 +35,31 @@ def folder(records_folder=None) -> pathlib.Path:
 
 
 def path(name: str, records_folder=None) -> pathlib.Path:
-    """The criteria file of record ``name``."""
-    file = folder(records_folder) / f"{name}.toml"
-    if not file.is_file():
-        raise FileNotFoundError(f"record {name!r} has no pre-registered criteria ({file} does not exist)")
+    """The criteria file of record ``name``: ``<name>.toml``, or the file that lists ``name`` among its
+    ``records`` (:func:`dmcore.lab.records.criteria_file`)."""
+    file = records.criteria_file(name, folder(records_folder))
+    if file is None:
+        raise FileNotFoundError(f"record {name!r} has no pre-registered criteria (no {name}.toml in "
+                                f"{folder(records_folder)}, and no file there lists it among its records)")
     return file
 
 
 def load(name: str, records_folder=None) -> dict:
     """The criteria of record ``name`` as a dict (TOML)."""
     plan = tomllib.loads(path(name, records_folder).read_text())
-    if plan.get("record") != name:
-        raise ValueError(f"{path(name, records_folder)} names the record {plan.get('record')!r}, not {name!r}")
+    if name != plan.get("record") and name not in plan.get("records", []):
+        raise ValueError(f"{path(name, records_folder)} names the records {plan.get('record') or plan.get('records')!r}, "
+                         f"not {name!r}")
     return plan
+
+
+def named(records_folder=None) -> list[str]:
+    """Every record that has pre-registered criteria, in the files' order."""
+    names = []
+    for file in sorted(folder(records_folder).glob("*.toml")):
+        plan = tomllib.loads(file.read_text())
+        names += [plan["record"]] if "record" in plan else list(plan.get("records", []))
+    return names
 
 
 def claims(plan: dict) -> dict[str, dict]:

@@ -15,12 +15,14 @@ runs (the checkout's root or the book's folder), never from where the package li
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import math
 import os
 import pathlib
 import platform
 import subprocess
+import tomllib
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -90,17 +92,22 @@ def is_cnn(model: str) -> bool:
     return model.startswith("mnist1d_cnn")
 
 
-def criteria_file(name: str) -> pathlib.Path | None:
-    """The pre-registered criteria of record ``name`` in the checkout the package runs from
-    (``book/criteria/<name>.toml``), or None where it has none."""
-    path = _PACKAGE.parent / "book" / "criteria" / f"{name}.toml"
-    return path if path.is_file() else None
+def criteria_file(name: str, criteria_folder=None) -> pathlib.Path | None:
+    """The pre-registered criteria of record ``name``: the file of ``criteria_folder`` (default
+    ``book/criteria`` in the checkout the package runs from) called ``<name>.toml`` or naming ``name``
+    among its ``records`` (one plan for several records, e.g. the cells of a map); None where none does."""
+    folder = pathlib.Path(criteria_folder) if criteria_folder is not None else _PACKAGE.parent / "book" / "criteria"
+    own = folder / f"{name}.toml"
+    if own.is_file():
+        return own
+    for path in sorted(folder.glob("*.toml")):
+        if name in tomllib.loads(path.read_text()).get("records", []):
+            return path
+    return None
 
 
 def criteria_digest(path) -> str:
     """The SHA-256 of a criteria file's bytes, as a record's provenance stores it."""
-    import hashlib
-
     return hashlib.sha256(pathlib.Path(path).read_bytes()).hexdigest()
 
 

@@ -76,18 +76,21 @@ def families(results: records.Results) -> dict[str, tuple[str, ...]]:
     return named
 
 
-def learning_rates(results: records.Results) -> list[float]:
-    """The learning rates of a tuning record, ascending."""
-    return sorted({r.lr for r in results.experiment.runs if r.lr is not None})
+def learning_rates(results: records.Results, losses=None) -> list[float]:
+    """The learning rates of a tuning record, ascending: of all its runs, or of the runs of ``losses``
+    (a loss name or several: a family's grid, which a record may widen for one family alone)."""
+    wanted = None if losses is None else {losses} if isinstance(losses, str) else set(losses)
+    return sorted({r.lr for r in results.experiment.runs if r.lr is not None and (wanted is None or r.loss in wanted)})
 
 
 def configurations(family: str, results: records.Results | None = None) -> list[tuple[str, float]]:
-    """Every (loss, learning rate) the tuning grid gives ``family``, in grid order (the first tuning
-    record, ``label-noise-tuned``, where ``results`` is None)."""
+    """Every (loss, learning rate) the tuning grid gives ``family``, in grid order: the learning rates of
+    the family's runs in ``results``, or of the first tuning record, ``label-noise-tuned``, where
+    ``results`` is None or names no families."""
     named = families(results) if results is not None else experiments.TUNING
-    lrs = learning_rates(results) if results is not None else experiments.TUNING_LRS
     if family not in named:
         raise ValueError(f"unknown loss family {family!r}: expected one of {', '.join(named)}")
+    lrs = learning_rates(results, named[family]) if results is not None else experiments.TUNING_LRS
     return [(loss, lr) for lr in lrs for loss in named[family]]
 
 
@@ -138,19 +141,20 @@ def tune_lr(results: records.Results, loss: str, noise: str, rate: float, rule: 
             metric: str = "test_acc") -> Choice:
     """``loss`` at its own tuned learning rate: the rate of the record with the highest mean
     noisy-validation accuracy under ``rule``."""
-    candidates = [_choice(results, loss, loss, lr, noise, rate, metric, rule) for lr in learning_rates(results)]
+    candidates = [_choice(results, loss, loss, lr, noise, rate, metric, rule) for lr in learning_rates(results, loss)]
     return max(candidates, key=lambda c: c.validation)
 
 
 def _tuning(results: records.Results) -> records.Results | None:
+    """``results`` where it names its loss families, else None (:func:`configurations`' fallback)."""
     return results if results.experiment.families else None
 
 
 def default(results: records.Results, family: str, noise: str, rate: float, rule: str = "final",
             metric: str = "test_acc") -> Choice:
     """The family's common setting: its first loss at lr 0.05."""
-    named = families(results) if results.experiment.families else experiments.TUNING
-    return _choice(results, family, named[family][0], DEFAULT_LR, noise, rate, metric, rule)
+    loss = configurations(family, _tuning(results))[0][0]
+    return _choice(results, family, loss, DEFAULT_LR, noise, rate, metric, rule)
 
 
 def oracle(results: records.Results, family: str, noise: str, rate: float, rule: str = "final",
@@ -163,8 +167,9 @@ def oracle(results: records.Results, family: str, noise: str, rate: float, rule:
 
 
 def at_edge(results: records.Results, choice: Choice) -> bool:
-    """Whether ``choice``'s learning rate is the smallest or the largest of the record's grid."""
-    lrs = learning_rates(results)
+    """Whether ``choice``'s learning rate is the smallest or the largest its loss was trained at in
+    the record (the grid of the family the loss belongs to)."""
+    lrs = learning_rates(results, choice.loss)
     return choice.lr in (lrs[0], lrs[-1])
 
 
