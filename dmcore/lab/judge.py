@@ -15,12 +15,11 @@ survive the analysis" prints the file beside the verdicts.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
-from functools import cached_property
+from dataclasses import dataclass
 
 from . import criteria, records, stats, tuning
 
-__all__ = ["Verdict", "Judge", "ORDER", "weakest"]
+__all__ = ["Verdict", "Test", "Judge", "ORDER", "weakest", "adjust"]
 
 #: Verdicts from the strongest to the weakest.
 ORDER = ("holds", "partly holds", "does not hold")
@@ -43,18 +42,28 @@ class Verdict:
 
 
 @dataclass
-class _Test:
+class Test:
+    """One paired test of a family: ``a`` against ``b``, its Holm-adjusted p-value, and its direction
+    (``better`` or ``worse`` where the adjusted p-value is below alpha, ``unresolved`` otherwise)."""
+
     a: tuning.Choice
     b: tuning.Choice
     paired: tuning.Paired
     adjusted: float = math.nan
+    direction: str = "unresolved"
 
-    @property
-    def direction(self) -> str:
-        """``better`` or ``worse`` where the adjusted p-value is below alpha, ``unresolved`` otherwise."""
-        return self._direction
 
-    _direction: str = field(default="unresolved")
+def adjust(tests: dict, alpha: float) -> dict:
+    """Holm-adjust the p-values of ``tests`` (key -> :class:`Test`) together and set each direction; a
+    test whose p-value is undefined (a diverged choice) counts as p = 1. Returns ``tests``."""
+    keys = list(tests)
+    raw = [1.0 if math.isnan(tests[k].paired.p) else tests[k].paired.p for k in keys]
+    for k, p in zip(keys, stats.holm(raw)):
+        t = tests[k]
+        t.adjusted = p
+        t.direction = ("better" if p < alpha and t.paired.mean > 0 else
+                       "worse" if p < alpha and t.paired.mean < 0 else "unresolved")
+    return tests
 
 
 class Judge:
@@ -68,8 +77,8 @@ class Judge:
         if analysis["correction"] != "holm":
             raise ValueError(f"unsupported correction {analysis['correction']!r}: this judge applies Holm's")
         self.noisy = [tuple(s) for s in analysis["noisy"]]
-        self.clean = tuple(analysis["clean"])
-        self.settings = [self.clean] + self.noisy
+        self.clean = tuple(analysis["clean"]) if "clean" in analysis else None
+        self.settings = ([self.clean] if self.clean else []) + self.noisy
         self.claims = criteria.claims(plan)
         self.paper_gaps = paper_gaps or {}
         self._cache: dict = {}
@@ -130,19 +139,17 @@ class Judge:
         """The family of paired tests under ``rule``, each with its Holm-adjusted p-value and direction."""
         key = ("tests", rule)
         if key not in self._cache:
-            pairs = self._pairs(rule)
-            done = {k: _Test(a, b, tuning.paired(a, b)) for k, (a, b) in pairs.items()}
-            keys = list(done)
-            raw = [1.0 if math.isnan(done[k].paired.p) else done[k].paired.p for k in keys]
-            for k, p in zip(keys, stats.holm(raw)):
-                t = done[k]
-                t.adjusted = p
-                if p < self.alpha and t.paired.mean > 0:
-                    t._direction = "better"
-                elif p < self.alpha and t.paired.mean < 0:
-                    t._direction = "worse"
-            self._cache[key] = done
+            self._cache[key] = adjust(self.unadjusted(rule), self.alpha)
         return self._cache[key]
+
+    def unadjusted(self, rule: str) -> dict:
+        """The family's paired tests under ``rule`` before the correction (a wider family, such as a
+        map's, adjusts them together with others and stores them with :meth:`set_tests`)."""
+        return {k: Test(a, b, tuning.paired(a, b)) for k, (a, b) in self._pairs(rule).items()}
+
+    def set_tests(self, rule: str, tests: dict) -> None:
+        """Use ``tests`` (adjusted in a wider family) as this judge's tests under ``rule``."""
+        self._cache["tests", rule] = tests
 
     def equivalence(self, key, rule: str) -> stats.Equivalence:
         """TOST of the test ``key`` under ``rule`` against the criteria's margin."""
@@ -170,18 +177,23 @@ class Judge:
         """The weakest verdict of ``claim`` over the judged rules."""
         return weakest(self.verdict(claim, rule).verdict for rule in self.judged)
 
-    def edge_choices(self, rule: str) -> list[tuning.Choice]:
-        """Every tuned choice (family or a loss's own learning rate) under ``rule`` at an edge of the grid."""
-        chosen = [self.family(f, s, rule) for f in tuning.families(self.results) for s in self.settings]
+    def _at_edge(self, rule: str) -> dict:
+        """Every tuned choice under ``rule`` (each family at each setting, and each loss the tests tuned
+        over the learning rates alone) that sits at an edge of its grid, by ``(kind, name, setting, rule)``."""
+        for f in tuning.families(self.results):
+            for s in self.settings:
+                self.family(f, s, rule)
         self.tests(rule)
-        chosen += [c for k, c in self._cache.items() if k[0] == "loss" and k[3] == rule]
-        return [c for c in chosen if tuning.at_edge(self.results, c)]
+        return {k: c for k, c in self._cache.items()
+                if k[0] in ("family", "loss") and k[3] == rule and tuning.at_edge(self.results, c)}
+
+    def edge_choices(self, rule: str) -> list[tuning.Choice]:
+        """Every tuned choice (family or a loss's own learning rate) under ``rule`` at an edge of its grid."""
+        return list(self._at_edge(rule).values())
 
     def _edges(self, rule: str) -> set[tuple[str, str]]:
-        """``(kind, name)`` of every choice under ``rule`` at an edge of the grid (``READS``'s kinds)."""
-        self.edge_choices(rule)
-        return {(key[0], key[1]) for key, c in list(self._cache.items())
-                if key[0] in ("family", "loss") and key[3] == rule and tuning.at_edge(self.results, c)}
+        """``(kind, name)`` of every choice under ``rule`` at an edge of its grid (``READS``'s kinds)."""
+        return {(k[0], k[1]) for k in self._at_edge(rule)}
 
     def _fmt(self, key, rule) -> str:
         t = self.tests(rule)[key]
@@ -299,8 +311,25 @@ class Judge:
             f"{s[0]} {s[1]:g} {tests['F2', base, s].paired.fmt()} ({tests['F2', base, s].direction})" for s in self.noisy)
             for base in results)
 
+    def registered_edges(self, rule: str) -> list[tuning.Choice]:
+        """Every tuned choice under ``rule`` at an edge of the grid the record was first trained with (its
+        first session's runs): the grid the criteria were written for, before any widening."""
+        first = set(self.results.provenance[0]["runs"])
+        self._at_edge(rule)                       # every choice under the rule made
+        edges = {}
+        for k, c in self._cache.items():
+            if k[0] in ("family", "loss") and k[3] == rule:
+                lrs = sorted({r["lr"] for r in self.results.select(loss=c.loss) if r["run_id"] in first})
+                if c.lr in (lrs[0], lrs[-1]):
+                    edges.setdefault((c.family, c.loss, c.lr, c.noise, c.rate), c)
+        return list(edges.values())
+
     def _claim_f3(self, rule):
-        edges = self.edge_choices(rule)
+        """Judged on the grid as registered (the first session's); the evidence adds where a widening of a
+        family's grid, the remedy the criterion names, left each such choice."""
+        edges, now = self.registered_edges(rule), {(c.loss, c.lr) for c in self.edge_choices(rule)}
+        where = lambda c: "still at the edge" if (c.loss, c.lr) in now else "inside the widened grid"
         return ("holds" if not edges else "does not hold"), (
             "no tuned choice at an edge" if not edges else
-            "at an edge: " + "; ".join(f"{c.family} {c.noise} {c.rate:g}: {c.setting}" for c in edges))
+            "at an edge of the registered grid: " + "; ".join(
+                f"{c.family} {c.noise} {c.rate:g}: {c.setting} ({where(c)})" for c in edges))

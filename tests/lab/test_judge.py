@@ -5,23 +5,26 @@ from types import SimpleNamespace
 
 import pytest
 
-from dmcore.lab import criteria, experiments, judge, records
+from dmcore.lab import criteria, experiments, judge, records, regime, tuning
 
 
 class Synthetic:
-    """The runs of ``label-noise-fair`` with a two-evaluation history each: ``accuracy(loss, lr, noise,
-    rate, seed)`` gives the final fresh test accuracy (validation follows it), other metrics fixed."""
+    """The runs of record ``name`` with a two-evaluation history each: ``accuracy(loss, lr, noise, rate,
+    seed)`` gives the final fresh test accuracy (validation follows it); the other metrics are fixed, or
+    given per run by ``metrics`` (same arguments, a dict)."""
 
     at = records.Results.at
 
-    def __init__(self, accuracy):
-        e = experiments.get("label-noise-fair")
+    def __init__(self, accuracy, name="label-noise-fair", metrics=None):
+        e = experiments.get(name)
         self.experiment = SimpleNamespace(name=e.name, families=e.families, runs=e.runs)
+        self.provenance = [{"runs": [r.run_id for r in e.runs]}]          # one training session
         self.runs, self._histories = [], {}
         for r in e.runs:
             acc = accuracy(r.loss, r.lr, r.noise, r.rate, r.seed)
             last = {"step": 3000, "fresh_acc": acc, "test_acc": acc, "val_acc_noisy": acc - 0.2,
-                    "fit_noisy": 0.05, "fit_clean": 0.95, "p_noisy": 0.05, "p_clean": 0.9}
+                    "fit_noisy": 0.05, "fit_clean": 0.95, "p_noisy": 0.05, "p_clean": 0.9,
+                    **(metrics(r.loss, r.lr, r.noise, r.rate, r.seed) if metrics else {})}
             first = {**last, "step": 0, "fresh_acc": 0.1, "test_acc": 0.1, "val_acc_noisy": 0.1}
             self._histories[r.run_id] = [first, last]
             self.runs.append({"run_id": r.run_id, "loss": r.loss, "lr": r.lr, "noise": r.noise, "rate": r.rate,
@@ -76,3 +79,68 @@ def test_an_edge_choice_is_found_and_makes_the_verdicts_that_read_it_provisional
 def test_the_weakest_verdict():
     assert judge.weakest(["holds", "partly holds"]) == "partly holds"
     assert judge.weakest(["holds", "does not hold", "partly holds"]) == "does not hold"
+
+
+def test_grids_and_edges_are_per_family(plan):
+    """MAE's family was widened below (0.0003, 0.001): 0.003 is inside its grid and the edge of the others'."""
+    j = judge.Judge(Synthetic(_accuracy(lambda n, r: 0.0)), plan)
+    mae, cce = j.family("mae", ("symmetric", 0.4), "final"), j.family("cce", ("symmetric", 0.4), "final")
+    assert not tuning.at_edge(j.results, SimpleNamespace(loss="mae", lr=0.003))
+    assert tuning.at_edge(j.results, SimpleNamespace(loss="mae-dn", lr=0.0003))
+    assert tuning.at_edge(j.results, SimpleNamespace(loss="cce", lr=0.003))
+    assert {mae.lr, cce.lr} == {0.03} and tuning.learning_rates(j.results, "mae")[0] == 0.0003
+
+
+def test_f3_reads_the_registered_grid_and_the_widening_lifts_the_provisional_mark(plan):
+    """MAE's family best at 0.003, the registered grid's smallest rate: F3 does not hold by its letter,
+    but inside the widened grid no verdict that reads MAE is provisional."""
+    def accuracy(loss, lr, noise, rate, seed):
+        bonus = 0.1 * (lr == 0.003) if loss.startswith("mae") else 0.0
+        return _accuracy(lambda n, r: 0.0)(loss, lr, noise, rate, seed) + bonus
+    record = Synthetic(accuracy)
+    widened = {r.run_id for r in record.experiment.runs if r.lr in experiments.FAIR_MAE_LRS}
+    record.provenance = [{"runs": [r.run_id for r in record.experiment.runs if r.run_id not in widened]},
+                         {"runs": sorted(widened)}]
+    j = judge.Judge(record, plan)
+    f3 = j.verdict("F3", "final")
+    assert f3.verdict == "does not hold" and "inside the widened grid" in f3.evidence
+    assert not j.edge_choices("final") and not j.verdict("5", "final").provisional
+    record.provenance = [{"runs": [r.run_id for r in record.experiment.runs]}]     # registered as widened
+    assert judge.Judge(record, plan).verdict("F3", "final").verdict == "holds"
+
+
+# ----------------------------------------------------------------------- the memorisation map
+
+@pytest.fixture(scope="module")
+def map_plan(root):
+    return criteria.load(experiments.map_name(2, 25), root / "book" / "records")
+
+
+def _map(map_plan, fit, dm_bonus):
+    """A map whose cells have CCE's noisy fit ``fit(size, width)`` and DM ``dm_bonus`` ahead of the rest."""
+    def accuracy(loss, lr, noise, rate, seed):
+        peak = -abs(math.log10(lr) - math.log10(0.1 if loss != "gce" else 0.3))     # interior in every grid
+        return 0.6 + 0.05 * peak + (dm_bonus if loss == "dm" else 0.0) + 0.002 * ((seed * 7 + len(loss)) % 5)
+
+    cells = {}
+    for size in experiments.MAP_SIZES:
+        for width in experiments.MAP_WIDTHS:
+            def metrics(loss, lr, noise, rate, seed, size=size, width=width):
+                return {"fit_noisy": fit(size, width) if loss == "cce" else 0.05, "p_noisy": 0.6 if loss == "cce" else 0.05}
+            cells[size, width] = Synthetic(accuracy, experiments.map_name(size, width), metrics)
+    return regime.Map(cells, map_plan, {"1": 18.3})
+
+
+def test_the_map_judges_only_where_cce_memorises_and_adjusts_over_every_cell(map_plan):
+    m = _map(map_plan, lambda size, width: 0.9 if (size, width) == (2, 48) else 0.2, dm_bonus=0.05)
+    assert m.memorising() == [(2, 48)] and m.cce_fit(2, 48) == [0.9] * 5
+    tests = m.tests("final")
+    assert len(tests) == 6 * 3 * 2
+    raw = sorted(t.paired.p for t in tests.values())
+    assert min(t.adjusted for t in tests.values()) == pytest.approx(min(1.0, len(raw) * raw[0]))
+    assert m.verdict(2, 48, "H", "final").verdict == "holds" and m.summary("H") == "holds"
+    assert m.verdict(2, 48, "4", "early").verdict == "holds"          # p 0.05 against 0.6, every seed
+    assert not m.verdict(2, 48, "H", "final").provisional
+    behind = _map(map_plan, lambda size, width: 0.9, dm_bonus=-0.05)
+    assert len(behind.memorising()) == 6 and behind.summary("H") == "does not hold"
+    assert _map(map_plan, lambda size, width: 0.3, dm_bonus=0.0).summary("H") == "not judged"
