@@ -161,7 +161,9 @@ class Judge:
         """Claim ``claim`` judged under ``rule``."""
         judge = getattr(self, "_claim_" + claim.lower())
         verdict, evidence = judge(rule)
-        return Verdict(claim, rule, verdict, evidence, provisional=bool(self._edges(rule) & self.READS.get(claim, set())))
+        at = [self.clean if s == "clean" else tuple(s) for s in self.READS_AT.get(claim, self.settings)]
+        reads = {(kind, name, s) for kind, name in self.READS.get(claim, set()) for s in at}
+        return Verdict(claim, rule, verdict, evidence, provisional=bool(self._edges(rule) & reads))
 
     #: What each claim reads: families tuned over their settings and learning rates (``family``) and losses
     #: tuned over the learning rates (``loss``); a verdict is provisional where one of them was chosen at an
@@ -172,6 +174,8 @@ class Judge:
              "6": {("loss", "dm"), ("loss", "dm:lam=2,beta=8")},
              "7": {("loss", l) for l in ("cce-dn", "cce", "mae-dn")}, "F1": {("loss", "dm"), ("loss", "mse-dn")},
              "F2": {("loss", l) for l in ("gce", "gce-dn", "sce", "sce-dn", "poly1", "poly1-dn")}}
+    #: The settings a claim reads, where it reads fewer than all of them (``clean``: the clean setting).
+    READS_AT = {"1": [("symmetric", 0.4)], "2": ["clean"], "3": [("symmetric", 0.4)], "4": [("symmetric", 0.4)]}
 
     def overall(self, claim: str) -> str:
         """The weakest verdict of ``claim`` over the judged rules."""
@@ -191,9 +195,9 @@ class Judge:
         """Every tuned choice (family or a loss's own learning rate) under ``rule`` at an edge of its grid."""
         return list(self._at_edge(rule).values())
 
-    def _edges(self, rule: str) -> set[tuple[str, str]]:
-        """``(kind, name)`` of every choice under ``rule`` at an edge of its grid (``READS``'s kinds)."""
-        return {(k[0], k[1]) for k in self._at_edge(rule)}
+    def _edges(self, rule: str) -> set[tuple[str, str, tuple]]:
+        """``(kind, name, setting)`` of every choice under ``rule`` at an edge of its grid (``READS``'s kinds)."""
+        return {(k[0], k[1], k[2]) for k in self._at_edge(rule)}
 
     def _fmt(self, key, rule) -> str:
         t = self.tests(rule)[key]

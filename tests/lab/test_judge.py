@@ -116,10 +116,12 @@ def map_plan(root):
     return criteria.load(experiments.map_name(2, 25), root / "book" / "records")
 
 
-def _map(map_plan, fit, dm_bonus):
-    """A map whose cells have CCE's noisy fit ``fit(size, width)`` and DM ``dm_bonus`` ahead of the rest."""
+def _map(map_plan, fit, dm_bonus, dm_peak=0.1):
+    """A map whose cells have CCE's noisy fit ``fit(size, width)`` and DM ``dm_bonus`` ahead of the rest
+    (DM best at ``dm_peak`` at symmetric 0.8)."""
     def accuracy(loss, lr, noise, rate, seed):
-        peak = -abs(math.log10(lr) - math.log10(0.1 if loss != "gce" else 0.3))     # interior in every grid
+        best = 0.3 if loss == "gce" else dm_peak if loss == "dm" and rate == 0.8 else 0.1   # 0.1, 0.3: interior
+        peak = -abs(math.log10(lr) - math.log10(best))
         return 0.6 + 0.05 * peak + (dm_bonus if loss == "dm" else 0.0) + 0.002 * ((seed * 7 + len(loss)) % 5)
 
     cells = {}
@@ -144,3 +146,9 @@ def test_the_map_judges_only_where_cce_memorises_and_adjusts_over_every_cell(map
     behind = _map(map_plan, lambda size, width: 0.9, dm_bonus=-0.05)
     assert len(behind.memorising()) == 6 and behind.summary("H") == "does not hold"
     assert _map(map_plan, lambda size, width: 0.3, dm_bonus=0.0).summary("H") == "not judged"
+
+
+def test_an_edge_choice_makes_provisional_only_the_claims_that_read_its_setting(map_plan):
+    m = _map(map_plan, lambda size, width: 0.9, dm_bonus=0.05, dm_peak=0.3)     # DM at its grid's top at 0.8
+    assert m.verdict(4, 48, "H", "final").provisional                            # H reads 0.8
+    assert not any(m.verdict(4, 48, c, "final").provisional for c in ("1", "3", "4"))   # they read 0.4 only
