@@ -104,6 +104,19 @@ FAIR_MAE_LRS = (0.0003, 0.001)
 #: of 3 below and above. Criteria: ``book/criteria/memorisation.toml``.
 MAP_SIZES, MAP_WIDTHS, MAP_RATES = (2, 4, 10), (25, 48), (0.4, 0.8)
 MAP_LRS = {"cce": (0.03, 0.1, 0.3), "gce": (0.1, 0.3, 1.0), "imae": (0.03, 0.1, 0.3), "dm": (0.03, 0.1, 0.3)}
+#: The map's addendum (``book/criteria/memorisation-addendum.toml``, committed before these runs):
+#: symmetric 0.6 in every cell at the registered learning rates, and, by the addendum's widening rule,
+#: the next rung of its ladder beyond every tuned choice that sat at an edge of its grid, per cell as
+#: ``(size, width) -> {(loss, noise rate): added learning rates}`` (each round of the rule one session).
+MAP_ADDED_RATES = (0.6,)
+MAP_WIDENED = {
+    (2, 25): {("dm", 0.4): (1.0,)},
+    (2, 48): {("dm", 0.4): (1.0,)},
+    (4, 25): {("imae", 0.4): (0.01,)},
+    (4, 48): {("cce", 0.8): (0.01,), ("gce", 0.8): (0.03,), ("dm", 0.8): (0.01,)},
+    (10, 25): {("gce", 0.4): (0.03,), ("imae", 0.4): (0.01,), ("dm", 0.4): (0.01,)},
+    (10, 48): {("gce", 0.4): (0.03,), ("imae", 0.4): (0.01,), ("dm", 0.4): (0.01,)},
+}
 #: The other emphasis density functions of the DM paper, two settings each.
 EDF_FAMILIES = ("normal:psi=0.25,beta=8", "normal:psi=0.75,beta=8", "exponential:beta=2", "exponential:beta=-2",
                 "beta:alpha=2,eta=3", "beta:alpha=4,eta=2")
@@ -119,10 +132,17 @@ def _tuning_grid(seeds: int, families=TUNING, lrs=TUNING_LRS) -> tuple[train.Run
                  for loss in settings for scheme, rates in TUNING_NOISE for rate in rates for seed in range(seeds))
 
 
-def _map_grid(seeds: int) -> tuple[train.Run, ...]:
-    """Each loss of :data:`MAP_LRS` at each of its learning rates (outermost), each noise rate, each seed."""
-    return tuple(train.Run(loss, "symmetric", rate, seed, lr) for loss, lrs in MAP_LRS.items() for lr in lrs
-                 for rate in MAP_RATES for seed in range(seeds))
+def _map_grid(seeds: int, size: int, width: int) -> tuple[train.Run, ...]:
+    """Each loss of :data:`MAP_LRS` at each of its learning rates (outermost), each noise rate, each seed:
+    the registered grid; then the addendum's noise rates at the same learning rates, and the cell's
+    widened learning rates (:data:`MAP_WIDENED`)."""
+    registered = tuple(train.Run(loss, "symmetric", rate, seed, lr) for loss, lrs in MAP_LRS.items() for lr in lrs
+                       for rate in MAP_RATES for seed in range(seeds))
+    added = tuple(train.Run(loss, "symmetric", rate, seed, lr) for loss, lrs in MAP_LRS.items() for lr in lrs
+                  for rate in MAP_ADDED_RATES for seed in range(seeds))
+    widened = tuple(train.Run(loss, "symmetric", rate, seed, lr) for (loss, rate), lrs in MAP_WIDENED[size, width].items()
+                    for lr in lrs for seed in range(seeds))
+    return registered + added + widened
 
 
 def map_name(size: int, width: int) -> str:
@@ -174,8 +194,9 @@ def _define() -> dict[str, Experiment]:
     experiments += [
         Experiment(map_name(size, width), "memorisation",
                    f"CCE, GCE, IMAE and DM on {800 * size} training sequences with {width} channels, each tuned over "
-                   "3 learning rates; criteria fixed before training (book/criteria/memorisation.toml)",
-                   f"mnist1d-{size}k-val0.2-fresh", f"mnist1d_cnn_w{width}", train.Protocol(steps=3000), _map_grid(5),
+                   "3 learning rates, widened at an edge by the addendum; criteria fixed before training "
+                   "(book/criteria/memorisation.toml and its addendum)",
+                   f"mnist1d-{size}k-val0.2-fresh", f"mnist1d_cnn_w{width}", train.Protocol(steps=3000), _map_grid(5, size, width),
                    sample=1, families=tuple((loss, (loss,)) for loss in MAP_LRS))
         for size in MAP_SIZES for width in MAP_WIDTHS]
     for ratio in (10, 50):
@@ -217,14 +238,18 @@ def run(experiment, out=None, progress: bool | None = None) -> pathlib.Path:
     resumably, and add this session's provenance, taken when it starts. The session claims every run
     of the record that no earlier session claims (so runs of an interrupted session are claimed by
     the one that completes it). Where the record has pre-registered criteria
-    (:func:`dmcore.lab.records.criteria_file`), the provenance stores their digest: the check that they
-    did not change after the record was made. Returns the record's folder."""
+    (:func:`dmcore.lab.records.criteria_file`), the provenance stores their digest, and each addendum's
+    (:func:`dmcore.lab.records.criteria_addenda`): the check that they did not change after the record
+    was made. Returns the record's folder."""
     experiment = get(experiment)
     folder = scratch(out) / experiment.name
     here = records.provenance(experiment.model)
     criteria = records.criteria_file(experiment.name)
     if criteria is not None:
         here["criteria_sha256"] = records.criteria_digest(criteria)
+    addenda = records.criteria_addenda(experiment.name)
+    if addenda:
+        here["addenda_sha256"] = {a.name: records.criteria_digest(a) for a in addenda}
     started, start = datetime.datetime.now(datetime.timezone.utc), time.perf_counter()
     sweep.run_sweep(folder, experiment.dataset, experiment.model, list(experiment.runs), experiment.protocol,
                     chunk=_CHUNK, progress=progress, trainer=TRAINERS[experiment.trainer])

@@ -323,7 +323,8 @@ class Judge:
         edges = {}
         for k, c in self._cache.items():
             if k[0] in ("family", "loss") and k[3] == rule:
-                lrs = sorted({r["lr"] for r in self.results.select(loss=c.loss) if r["run_id"] in first})
+                lrs = sorted({r["lr"] for r in self.results.select(loss=c.loss, noise=c.noise, rate=c.rate)
+                              if r["run_id"] in first})
                 if c.lr in (lrs[0], lrs[-1]):
                     edges.setdefault((c.family, c.loss, c.lr, c.noise, c.rate), c)
         return list(edges.values())

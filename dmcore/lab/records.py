@@ -92,18 +92,37 @@ def is_cnn(model: str) -> bool:
     return model.startswith("mnist1d_cnn")
 
 
+def _criteria_folder(criteria_folder=None) -> pathlib.Path:
+    return pathlib.Path(criteria_folder) if criteria_folder is not None else _PACKAGE.parent / "book" / "criteria"
+
+
 def criteria_file(name: str, criteria_folder=None) -> pathlib.Path | None:
     """The pre-registered criteria of record ``name``: the file of ``criteria_folder`` (default
     ``book/criteria`` in the checkout the package runs from) called ``<name>.toml`` or naming ``name``
-    among its ``records`` (one plan for several records, e.g. the cells of a map); None where none does."""
-    folder = pathlib.Path(criteria_folder) if criteria_folder is not None else _PACKAGE.parent / "book" / "criteria"
+    among its ``records`` (one plan for several records, e.g. the cells of a map) and amending no other
+    file; None where none does. Its addenda: :func:`criteria_addenda`."""
+    folder = _criteria_folder(criteria_folder)
     own = folder / f"{name}.toml"
     if own.is_file():
         return own
     for path in sorted(folder.glob("*.toml")):
-        if name in tomllib.loads(path.read_text()).get("records", []):
+        plan = tomllib.loads(path.read_text())
+        if name in plan.get("records", []) and "amends" not in plan:
             return path
     return None
+
+
+def criteria_addenda(name: str, criteria_folder=None) -> list[pathlib.Path]:
+    """The addenda to the criteria of record ``name``: files that amend another (``amends = "<file>"``)
+    and name ``name`` among their ``records``, in name order. An addendum is committed before the
+    training sessions it governs (every session from the first that stores its digest on)."""
+    folder = _criteria_folder(criteria_folder)
+    found = []
+    for path in sorted(folder.glob("*.toml")):
+        plan = tomllib.loads(path.read_text())
+        if "amends" in plan and name in plan.get("records", []):
+            found.append(path)
+    return found
 
 
 def criteria_digest(path) -> str:
@@ -213,6 +232,13 @@ class Results:
 
     def __repr__(self) -> str:
         return f"Results({self.experiment.name}: {len(self.runs)} runs, {len(self.history)} evaluations)"
+
+    def registered(self) -> "Results":
+        """The record as its first training session left it: the grid registered with its criteria,
+        before any later session widened it (:func:`dmcore.lab.criteria.load` with ``addenda=False``)."""
+        first = set(self.provenance[0]["runs"])
+        runs = tuple(r for r in self.experiment.runs if r.run_id in first)
+        return Results(dataclasses.replace(self.experiment, runs=runs), self.folder)
 
     def select(self, **match) -> list[dict]:
         """The run rows whose columns equal ``match`` (e.g. ``loss="cce", rate=0.4``)."""

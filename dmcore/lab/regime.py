@@ -18,9 +18,9 @@ Example::
 
 from __future__ import annotations
 
-from . import experiments, judge
+from . import experiments, judge, tuning
 
-__all__ = ["Cell", "Map", "CLAIMS"]
+__all__ = ["Cell", "Map", "CLAIMS", "widening"]
 
 #: The claims the map judges, in the criteria's order.
 CLAIMS = ("1", "3", "4", "H")
@@ -45,10 +45,13 @@ class Map:
         self._adjusted: set[str] = set()
 
     @classmethod
-    def load(cls, plan: dict, folder=None, paper_gaps: dict | None = None) -> "Map":
-        """The map of ``plan``'s records, read from ``folder`` (default: the book's records)."""
+    def load(cls, plan: dict, folder=None, paper_gaps: dict | None = None, registered: bool = False) -> "Map":
+        """The map of ``plan``'s records, read from ``folder`` (default: the book's records); with
+        ``registered``, each record's first session alone (the grid registered before any addendum)."""
         cells = {(size, width): experiments.load(experiments.map_name(size, width), folder)
                  for size in experiments.MAP_SIZES for width in experiments.MAP_WIDTHS}
+        if registered:
+            cells = {key: results.registered() for key, results in cells.items()}
         missing = sorted(set(plan["records"]) - {c.experiment.name for c in cells.values()})
         if missing:
             raise ValueError(f"the criteria name records the map does not define: {', '.join(missing)}")
@@ -104,7 +107,42 @@ class Map:
             return "holds"
         return "partly holds" if any(v != "does not hold" for v in verdicts) else "does not hold"
 
+    def widening(self) -> dict:
+        """What the addendum's widening rule asks to train next, over every cell:
+        ``(size, width) -> {(loss, noise rate): learning rate}`` (empty where no choice it reads sits at
+        an edge it may still move)."""
+        rule = self.plan["widening"]
+        wanted = {}
+        for key, cell in self.cells.items():
+            reads = rule["reads"] + (rule["memorising_reads"] if self.memorises(*key) else [])
+            found = widening(cell, [tuple(s) for s in reads], rule["ladder"], rule["max_rungs"])
+            if found:
+                wanted[key] = found
+        return wanted
+
     def provenance_lines(self) -> list[str]:
         """Each cell's record's provenance line (:meth:`dmcore.lab.records.Results.provenance_line`)."""
         return [cell.results.provenance_line() for cell in self.cells.values()]
 
+
+
+def widening(cell: Cell, settings: list[tuple], ladder: list[float], max_rungs: int) -> dict:
+    """The addendum's widening rule in one cell: for each loss at each of ``settings`` whose tuned choice
+    under a judged rule sits at the smallest or largest learning rate it was trained at there, the next
+    rung of ``ladder`` beyond, unless the ladder ends or ``max_rungs`` rungs were already added beyond
+    the registered grid (:data:`dmcore.lab.experiments.MAP_LRS`) on that side. ``(loss, rate) -> lr``."""
+    wanted = {}
+    for loss, registered in experiments.MAP_LRS.items():
+        low, high = ladder.index(registered[0]), ladder.index(registered[-1])
+        for s in settings:
+            lrs = tuning.learning_rates(cell.results, loss, s)
+            if not lrs:                   # a noise rate the record does not hold (yet): nothing to widen
+                continue
+            for rule in cell.judged:
+                lr = cell.family(loss, s, rule).lr
+                at = ladder.index(lr)
+                if lr == lrs[0] and at > 0 and low - at < max_rungs:
+                    wanted.setdefault((loss, s[1]), ladder[at - 1])
+                elif lr == lrs[-1] and at < len(ladder) - 1 and at - high < max_rungs:
+                    wanted.setdefault((loss, s[1]), ladder[at + 1])
+    return wanted

@@ -76,21 +76,24 @@ def families(results: records.Results) -> dict[str, tuple[str, ...]]:
     return named
 
 
-def learning_rates(results: records.Results, losses=None) -> list[float]:
+def learning_rates(results: records.Results, losses=None, setting: tuple | None = None) -> list[float]:
     """The learning rates of a tuning record, ascending: of all its runs, or of the runs of ``losses``
-    (a loss name or several: a family's grid, which a record may widen for one family alone)."""
+    (a loss name or several: a family's grid, which a record may widen for one family alone), at every
+    setting or at ``setting`` (``(noise, rate)``: a record may widen a grid at one noise rate alone)."""
     wanted = None if losses is None else {losses} if isinstance(losses, str) else set(losses)
-    return sorted({r.lr for r in results.experiment.runs if r.lr is not None and (wanted is None or r.loss in wanted)})
+    return sorted({r.lr for r in results.experiment.runs if r.lr is not None and (wanted is None or r.loss in wanted)
+                   and (setting is None or (r.noise, r.rate) == tuple(setting))})
 
 
-def configurations(family: str, results: records.Results | None = None) -> list[tuple[str, float]]:
+def configurations(family: str, results: records.Results | None = None,
+                   setting: tuple | None = None) -> list[tuple[str, float]]:
     """Every (loss, learning rate) the tuning grid gives ``family``, in grid order: the learning rates of
-    the family's runs in ``results``, or of the first tuning record, ``label-noise-tuned``, where
-    ``results`` is None or names no families."""
+    the family's runs in ``results`` (at ``setting`` where given), or of the first tuning record,
+    ``label-noise-tuned``, where ``results`` is None or names no families."""
     named = families(results) if results is not None else experiments.TUNING
     if family not in named:
         raise ValueError(f"unknown loss family {family!r}: expected one of {', '.join(named)}")
-    lrs = learning_rates(results, named[family]) if results is not None else experiments.TUNING_LRS
+    lrs = learning_rates(results, named[family], setting) if results is not None else experiments.TUNING_LRS
     return [(loss, lr) for lr in lrs for loss in named[family]]
 
 
@@ -133,7 +136,7 @@ def choose(results: records.Results, family: str, noise: str, rate: float, rule:
     """The configuration of ``family`` with the highest mean noisy-validation accuracy under ``rule``
     (the first in grid order on a tie)."""
     candidates = [_choice(results, family, loss, lr, noise, rate, metric, rule)
-                  for loss, lr in configurations(family, _tuning(results))]
+                  for loss, lr in configurations(family, _tuning(results), (noise, rate))]
     return max(candidates, key=lambda c: c.validation)
 
 
@@ -141,7 +144,7 @@ def tune_lr(results: records.Results, loss: str, noise: str, rate: float, rule: 
             metric: str = "test_acc") -> Choice:
     """``loss`` at its own tuned learning rate: the rate of the record with the highest mean
     noisy-validation accuracy under ``rule``."""
-    candidates = [_choice(results, loss, loss, lr, noise, rate, metric, rule) for lr in learning_rates(results, loss)]
+    candidates = [_choice(results, loss, loss, lr, noise, rate, metric, rule) for lr in learning_rates(results, loss, (noise, rate))]
     return max(candidates, key=lambda c: c.validation)
 
 
@@ -162,14 +165,14 @@ def oracle(results: records.Results, family: str, noise: str, rate: float, rule:
     """The configuration with the best mean *test* accuracy: what no practitioner can choose,
     shown only to measure what the noisy-validation choice gives away."""
     candidates = [_choice(results, family, loss, lr, noise, rate, metric, rule)
-                  for loss, lr in configurations(family, _tuning(results))]
+                  for loss, lr in configurations(family, _tuning(results), (noise, rate))]
     return max(candidates, key=lambda c: -math.inf if math.isnan(c.test.mean) else c.test.mean)
 
 
 def at_edge(results: records.Results, choice: Choice) -> bool:
     """Whether ``choice``'s learning rate is the smallest or the largest its loss was trained at in
-    the record (the grid of the family the loss belongs to)."""
-    lrs = learning_rates(results, choice.loss)
+    the record at the choice's setting (the grid of the family the loss belongs to)."""
+    lrs = learning_rates(results, choice.loss, (choice.noise, choice.rate))
     return choice.lr in (lrs[0], lrs[-1])
 
 

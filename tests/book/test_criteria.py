@@ -69,3 +69,39 @@ def test_the_check_fails_when_a_criterion_changed_after_the_record(tmp_path):
     shutil.rmtree(tmp_path / ".git")
     provenance.write_text(json.dumps([{**session, "criteria_sha256": records.criteria_digest(plan)}]))
     assert "not in this repository's history" in criteria.check_unchanged("demo", tmp_path / "book" / "records")[0]
+
+
+def test_an_addendum_is_checked_against_the_sessions_trained_under_it(tmp_path):
+    """Base criteria, a session from their commit; an addendum committed later and a session that
+    stores it: the check passes, and fails when the addendum is edited, when a later session forgets it,
+    or when no session stored it."""
+    (tmp_path / "book" / "criteria").mkdir(parents=True)
+    (tmp_path / "book" / "records" / "demo").mkdir(parents=True)
+    base, extra = tmp_path / "book" / "criteria" / "demo.toml", tmp_path / "book" / "criteria" / "demo-more.toml"
+    base.write_text('record = "demo"\n[analysis]\njudged = ["final"]\nnoisy = [0.4]\n')
+    git = ("-c", "user.name=t", "-c", "user.email=t@t")
+    _git(tmp_path, "init", "-q")
+    _git(tmp_path, *git, "add", "book")
+    _git(tmp_path, *git, "commit", "-qm", "criteria")
+    first = {"dmcore_commit": _git(tmp_path, "rev-parse", "HEAD"), "date": "d1", "criteria_sha256": records.criteria_digest(base)}
+    extra.write_text('amends = "demo.toml"\nrecords = ["demo"]\n[analysis]\nnoisy = [0.4, 0.6]\n')
+    _git(tmp_path, *git, "add", "book")
+    _git(tmp_path, *git, "commit", "-qm", "addendum")
+    second = {**first, "dmcore_commit": _git(tmp_path, "rev-parse", "HEAD"), "date": "d2",
+              "addenda_sha256": {"demo-more.toml": records.criteria_digest(extra)}}
+    folder = tmp_path / "book" / "records"
+    provenance = folder / "demo" / "provenance.json"
+    assert criteria.named(folder) == ["demo"]                          # an addendum names no new record
+    plan = criteria.load("demo", folder)
+    assert plan["analysis"] == {"judged": ["final"], "noisy": [0.4, 0.6]} and plan["addenda"] == ["demo-more.toml"]
+    assert criteria.load("demo", folder, addenda=False)["analysis"]["noisy"] == [0.4]
+    provenance.write_text(json.dumps([first]))
+    assert "no training session stored the addendum" in criteria.check_unchanged("demo", folder)[0]
+    provenance.write_text(json.dumps([first, second]))
+    assert criteria.check_unchanged("demo", folder) == []
+    provenance.write_text(json.dumps([first, second, {**second, "date": "d3", "addenda_sha256": {}}]))
+    assert "without storing it" in criteria.check_unchanged("demo", folder)[0]
+    provenance.write_text(json.dumps([first, second]))
+    extra.write_text('amends = "demo.toml"\nrecords = ["demo"]\n[analysis]\nnoisy = [0.6]\n')
+    problems = criteria.check_unchanged("demo", folder)
+    assert len(problems) == 2 and "demo-more.toml's digest" in problems[0] and "demo-more.toml changed after" in problems[1]

@@ -85,9 +85,10 @@ def test_grids_and_edges_are_per_family(plan):
     """MAE's family was widened below (0.0003, 0.001): 0.003 is inside its grid and the edge of the others'."""
     j = judge.Judge(Synthetic(_accuracy(lambda n, r: 0.0)), plan)
     mae, cce = j.family("mae", ("symmetric", 0.4), "final"), j.family("cce", ("symmetric", 0.4), "final")
-    assert not tuning.at_edge(j.results, SimpleNamespace(loss="mae", lr=0.003))
-    assert tuning.at_edge(j.results, SimpleNamespace(loss="mae-dn", lr=0.0003))
-    assert tuning.at_edge(j.results, SimpleNamespace(loss="cce", lr=0.003))
+    at = dict(noise="symmetric", rate=0.4)
+    assert not tuning.at_edge(j.results, SimpleNamespace(loss="mae", lr=0.003, **at))
+    assert tuning.at_edge(j.results, SimpleNamespace(loss="mae-dn", lr=0.0003, **at))
+    assert tuning.at_edge(j.results, SimpleNamespace(loss="cce", lr=0.003, **at))
     assert {mae.lr, cce.lr} == {0.03} and tuning.learning_rates(j.results, "mae")[0] == 0.0003
 
 
@@ -137,7 +138,7 @@ def test_the_map_judges_only_where_cce_memorises_and_adjusts_over_every_cell(map
     m = _map(map_plan, lambda size, width: 0.9 if (size, width) == (2, 48) else 0.2, dm_bonus=0.05)
     assert m.memorising() == [(2, 48)] and m.cce_fit(2, 48) == [0.9] * 5
     tests = m.tests("final")
-    assert len(tests) == 6 * 3 * 2
+    assert len(tests) == 6 * 3 * 3                                    # the addendum's three noise rates
     raw = sorted(t.paired.p for t in tests.values())
     assert min(t.adjusted for t in tests.values()) == pytest.approx(min(1.0, len(raw) * raw[0]))
     assert m.verdict(2, 48, "H", "final").verdict == "holds" and m.summary("H") == "holds"
@@ -152,3 +153,33 @@ def test_an_edge_choice_makes_provisional_only_the_claims_that_read_its_setting(
     m = _map(map_plan, lambda size, width: 0.9, dm_bonus=0.05, dm_peak=0.3)     # DM at its grid's top at 0.8
     assert m.verdict(4, 48, "H", "final").provisional                            # H reads 0.8
     assert not any(m.verdict(4, 48, c, "final").provisional for c in ("1", "3", "4"))   # they read 0.4 only
+
+
+def test_the_registered_plan_reads_two_noise_rates_and_the_addendum_three(root, map_plan):
+    registered = criteria.load(experiments.map_name(2, 25), root / "book" / "records", addenda=False)
+    assert registered["analysis"]["noisy"] == [["symmetric", 0.4], ["symmetric", 0.8]] and not registered["addenda"]
+    assert map_plan["addenda"] == ["memorisation-addendum.toml"] and len(map_plan["analysis"]["noisy"]) == 3
+    assert map_plan["analysis"]["metric"] == registered["analysis"]["metric"]      # the rest unchanged
+    assert [c["id"] for c in map_plan["claim"]] == ["1", "3", "4", "H"] and "0.6" in map_plan["claim"][-1]["compare"]
+
+
+def test_a_grid_widened_at_one_noise_rate_has_its_edges_there_alone(map_plan):
+    m = _map(map_plan, lambda size, width: 0.9, dm_bonus=0.0)
+    results = m.cells[2, 25].results                                # DM widened to 1.0 at 0.4 alone
+    assert tuning.learning_rates(results, "dm", ("symmetric", 0.4)) == [0.03, 0.1, 0.3, 1.0]
+    assert tuning.learning_rates(results, "dm", ("symmetric", 0.8)) == [0.03, 0.1, 0.3]
+    edge = dict(loss="dm", lr=0.3, noise="symmetric")
+    assert tuning.at_edge(results, SimpleNamespace(**edge, rate=0.8))
+    assert not tuning.at_edge(results, SimpleNamespace(**edge, rate=0.4))
+
+
+def test_the_widening_rule_asks_for_the_next_rung_beyond_an_edge_and_stops(map_plan):
+    ladder, rungs = map_plan["widening"]["ladder"], map_plan["widening"]["max_rungs"]
+    assert _map(map_plan, lambda size, width: 0.9, dm_bonus=0.0).widening() == {}      # every choice interior
+    only_4k48 = lambda size, width: 0.9 if (size, width) == (4, 48) else 0.2
+    top = _map(map_plan, only_4k48, dm_bonus=0.0, dm_peak=3.0)     # DM best above its grid at 0.8
+    assert top.widening() == {(4, 48): {("dm", 0.8): 1.0}}         # 0.8 read only where CCE memorises
+    assert regime.widening(top.cells[4, 48], [("symmetric", 0.8)], ladder, 0) == {}       # no rung allowed
+    low = _map(map_plan, only_4k48, dm_bonus=0.0, dm_peak=0.0001).cells[4, 48]    # best below 0.01 (1 rung)
+    assert regime.widening(low, [("symmetric", 0.8)], ladder, rungs) == {("dm", 0.8): 0.003}
+    assert regime.widening(low, [("symmetric", 0.8)], ladder, 1) == {}
