@@ -3,6 +3,7 @@
 #   make test   the publishing workflow checked against GitHub's schema, unit tests, nbval over every
 #               chapter, a strict build of the stored outputs to _build/html, and every page of it
 #               checked in headless Chromium
+# Both install Debian's dataset-fashion-mnist first when its files are missing (root or sudo).
 # `make outputs` re-executes the chapters in place and stores their outputs (for authors).
 
 PYTHON ?= python3
@@ -25,7 +26,7 @@ export TORCHINDUCTOR_CACHE_DIR := $(CURDIR)/_build/torchinductor
 # Where `make experiments` and DMCORE_RETRAIN=1 train before a record is installed in book/records.
 export DMCORE_SCRATCH := $(CURDIR)/_build/records
 
-.PHONY: book test unit outputs experiments env mathjax browser clean
+.PHONY: book test unit outputs experiments env mathjax browser fashion-mnist clean
 
 env: $(STAMP)
 
@@ -52,11 +53,15 @@ $(MATHJAX): package.json package-lock.json
 browser:
 	@tools/install_chromium.sh
 
-book: $(STAMP) $(MATHJAX)
+# Debian's dataset-fashion-mnist, the files dmcore.lab.data.fashion_mnist reads, when they are missing.
+fashion-mnist:
+	@tools/install_fashion_mnist.sh
+
+book: $(STAMP) $(MATHJAX) fashion-mnist
 	$(BIN)/jupyter-book build . --builder html
 	@echo "The book is at _build/html/index.html"
 
-test: $(STAMP) $(TRITON) $(MATHJAX) browser
+test: $(STAMP) $(TRITON) $(MATHJAX) browser fashion-mnist
 	$(BIN)/check-jsonschema --builtin-schema vendor.github-workflows .github/workflows/*.yml
 	$(BIN)/python -m pytest tests $(CHAPTERS) --ignore=tests/browser --nbval --nbval-current-env \
 		--nbval-sanitize-with book/sanitize.cfg --nbval-cell-timeout=1200
