@@ -20,6 +20,14 @@ cross-entropy joins the comparison on CUDA where it is installed.
 Timings belong to a machine and a moment, so nothing asserts them: the book shows a recorded table
 (:func:`save`, :func:`load`) that names its machine, and a reader re-measures with the command above.
 
+A second benchmark, :func:`model_steps`, times one training step of ``R`` runs of a model trained
+together (forward, backward and the SGD update, a batch of 100 each) three ways: the model's
+``forward_stacked`` (the path :mod:`dmcore.lab.train` takes), ``vmap`` of its ``forward`` over the stacked
+parameters (the path it takes for a model without one), and a loop over ``R`` separate models and
+optimisers; and the forward pass of evaluation on a batch shared by every run:
+
+    python -m dmcore bench --model fashion_cnn --runs 1,10,40 --threads 2
+
 Targets on CPU: DMLoss at most 1.0x the time of F.cross_entropy at every shape, and extra peak
 memory beyond the gradient at most the size of the logits. On a GPU (:data:`GPU_SHAPES`): at most
 0.7x F.cross_entropy's time at the large shapes, no slower than Liger's cross-entropy, extra memory
@@ -29,6 +37,7 @@ at most the logits, at least 60% of the peak bandwidth.
 from __future__ import annotations
 
 import contextlib
+import copy
 import dataclasses
 import datetime
 import json
@@ -45,7 +54,8 @@ import torch.nn.functional as F
 from .. import losses
 
 __all__ = ["CPU_SHAPES", "GPU_SHAPES", "Result", "Recorded", "run", "format_table", "save", "load",
-           "time_forward_backward", "peak_memory", "logits_sized_allocations", "peak_bandwidth"]
+           "time_forward_backward", "peak_memory", "logits_sized_allocations", "peak_bandwidth",
+           "MODEL_RUNS", "MODEL_WAYS", "ModelStep", "model_steps", "model_input_shape", "format_model_table"]
 
 #: (N, C) classification and (N, C, H, W) segmentation shapes of the CPU benchmark, in float32.
 CPU_SHAPES = [(4096, 1000), (512, 32000), (65536, 10), (8, 21, 128, 128)]
@@ -272,3 +282,156 @@ def load(path) -> Recorded:
     body = json.loads(pathlib.Path(path).read_text())
     results = [Result(**{**r, "shape": tuple(r["shape"])}) for r in body["results"]]
     return Recorded(body["machine"], body["repeats"], results)
+
+
+# --- the model benchmark: training steps of R runs at once -------------------------------------------
+
+#: The numbers of runs trained together in :func:`model_steps`.
+MODEL_RUNS = (1, 10, 40)
+#: The ways :func:`model_steps` trains ``R`` runs: the model's ``forward_stacked`` over stacked parameters
+#: (:mod:`dmcore.lab.train`'s path), ``vmap`` of its ``forward`` over them (train's path for a model
+#: without ``forward_stacked``), and ``R`` separate models and optimisers stepped one after another.
+MODEL_WAYS = ("forward_stacked", "vmap", "loop")
+
+
+@dataclass
+class ModelStep:
+    """One (model, way, number of runs) measurement: a training step of all ``runs`` runs (forward,
+    backward, SGD update; ``batch`` examples each) in milliseconds of wall-clock and of the process's CPU
+    time (all threads; each the fastest of the repeats), and the evaluation forward pass (no gradient,
+    one batch of ``eval_batch`` examples shared by every run) in CPU microseconds per run and example."""
+
+    model: str
+    way: str
+    runs: int
+    batch: int
+    wall_ms: float
+    cpu_ms: float
+    eval_us: float
+    eval_batch: int = 1000
+
+    def seconds_per_run(self, steps: int = 3000) -> float:
+        """CPU seconds of ``steps`` training steps of one run, at this step's cost per run."""
+        return self.cpu_ms * 1e-3 * steps / self.runs
+
+
+def model_input_shape(net) -> tuple[int, ...]:
+    """One example's shape for a model :func:`model_steps` can time (a :class:`~dmcore.lab.models.FashionCNN` or
+    :class:`~dmcore.lab.models.MNIST1DCNN`); a ValueError for any other."""
+    from .models import MNIST1DCNN, FashionCNN
+
+    if isinstance(net, FashionCNN):
+        return (1, net.size, net.size)
+    if isinstance(net, MNIST1DCNN):
+        return (net.length,)
+    raise ValueError(f"the model benchmark times fashion_cnn[_wK] and mnist1d_cnn[_wK], got a {type(net).__name__}")
+
+
+class _Training:
+    """One way of training ``R`` runs on fixed random batches: :meth:`step` (a training step of every run)
+    and :meth:`evaluate` (the logits of every run on one batch shared by all)."""
+
+    def __init__(self, way: str, nets: list, x, y):
+        from torch.func import functional_call, stack_module_state, vmap
+
+        from .train import Protocol
+
+        defaults = Protocol()
+        sgd = dict(lr=defaults.lr, momentum=defaults.momentum, weight_decay=defaults.weight_decay)
+        self.way, self.nets, self.x, self.y = way, nets, x, y
+        if way == "loop":
+            self.optimisers = [torch.optim.SGD(net.parameters(), **sgd) for net in nets]
+            return
+        params, _ = stack_module_state(nets)
+        self.params = {k: v.detach().requires_grad_() for k, v in params.items()}
+        self.optimiser = torch.optim.SGD(self.params.values(), **sgd)
+        base = nets[0]
+        if way == "forward_stacked":
+            self.forward = base.forward_stacked
+            self.shared = lambda params, x: base.forward_stacked(params, x.expand(len(nets), *x.shape))
+        else:
+            self.forward = vmap(lambda p, xb: functional_call(base, p, (xb,)))
+            self.shared = vmap(lambda p, xb: functional_call(base, p, (xb,)), in_dims=(0, None))
+
+    def step(self) -> None:
+        """Forward, backward and SGD update of every run: the sum over runs of each run's mean
+        cross-entropy on its own batch."""
+        runs, batch = self.y.shape
+        if self.way == "loop":
+            for net, optimiser, x, y in zip(self.nets, self.optimisers, self.x, self.y):
+                optimiser.zero_grad(set_to_none=True)
+                F.cross_entropy(net(x), y).backward()
+                optimiser.step()
+            return
+        self.optimiser.zero_grad(set_to_none=True)
+        logits = self.forward(self.params, self.x)
+        (F.cross_entropy(logits.reshape(runs * batch, -1), self.y.reshape(-1), reduction="sum") / batch).backward()
+        self.optimiser.step()
+
+    @torch.no_grad()
+    def evaluate(self, x) -> None:
+        if self.way == "loop":
+            for net in self.nets:
+                net(x)
+        else:
+            self.shared(self.params, x)
+
+
+def _clock(fn) -> tuple[float, float]:
+    """(wall, CPU) seconds of ``fn()``."""
+    wall, cpu = time.perf_counter(), time.process_time()
+    fn()
+    return time.perf_counter() - wall, time.process_time() - cpu
+
+
+def model_steps(model: str = "fashion_cnn", runs=MODEL_RUNS, ways=MODEL_WAYS, batch: int = 100,
+                repeats: int = 10, eval_batch: int = 1000, eval_repeats: int = 3, seed: int = 0) -> list[ModelStep]:
+    """Time a training step of ``R`` runs of ``model`` (:func:`dmcore.lab.models.build`, 10 classes) for
+    each ``R`` in ``runs`` and each way in ``ways`` (:data:`MODEL_WAYS`), on CPU in float32, with
+    :mod:`dmcore.lab.train`'s SGD (momentum 0.9, weight decay 5e-4) and the cross-entropy on random
+    inputs and labels; one :class:`ModelStep` per (R, way).
+
+    The ways are timed interleaved, step by step, and each reports its fastest step (like ``timeit``),
+    after two steps of warm-up. Wall-clock time is what a run waits; the process's CPU time is what it
+    costs where other processes share the cores (it includes the time threads spend waiting for each
+    other, so with several threads it exceeds the work done).
+    """
+    from .models import build
+
+    for way in ways:
+        if way not in MODEL_WAYS:
+            raise ValueError(f"unknown way {way!r}: expected one of {', '.join(MODEL_WAYS)}")
+    model_input_shape(build(model, 10))            # a model the benchmark cannot time fails before any timing
+    results = []
+    for r in runs:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            nets = [build(model, 10) for _ in range(r)]
+            shape = model_input_shape(nets[0])
+            x = torch.randn(r, batch, *shape)
+            y = torch.randint(0, 10, (r, batch))
+            shared = torch.randn(eval_batch, *shape)
+        trainings = [_Training(way, [copy.deepcopy(net) for net in nets], x, y) for way in ways]
+        for training in trainings:
+            for _ in range(2):
+                training.step()
+        times = [[] for _ in trainings]
+        for _ in range(repeats):
+            for training, samples in zip(trainings, times):
+                samples.append(_clock(training.step))
+        for training, samples in zip(trainings, times):
+            evaluation = min(_clock(lambda: training.evaluate(shared))[1] for _ in range(eval_repeats))
+            results.append(ModelStep(model, training.way, r, batch, 1e3 * min(w for w, _ in samples),
+                                     1e3 * min(c for _, c in samples), 1e6 * evaluation / (r * eval_batch), eval_batch))
+    return results
+
+
+def format_model_table(results: list[ModelStep], steps: int = 3000) -> str:
+    """A fixed-width table of :func:`model_steps`' results, one line per (runs, way), with the CPU
+    seconds per run of ``steps`` training steps."""
+    lines = [f"{'model':14s} {'runs':>4s}  {'way':16s} {'wall ms/step':>12s} {'CPU ms/step':>11s} "
+             f"{'CPU ms/run-step':>15s} {f'CPU s/run ({steps} st.)':>20s} {'eval CPU us/ex/run':>18s}"]
+    for r in results:
+        lines.append(f"{r.model:14s} {r.runs:4d}  {r.way:16s} {r.wall_ms:12.1f} {r.cpu_ms:11.1f} "
+                     f"{r.cpu_ms / r.runs:15.2f} {r.seconds_per_run(steps):20.1f} {r.eval_us:18.2f}")
+    return "\n".join(lines)

@@ -2,6 +2,7 @@
 
     python -m dmcore bench [--device cpu|cuda] [--repeats 20] [--shapes 4096x1000,65536x10] [--threads N]
         [--dtype float32|float16|bfloat16] [--impl auto|torch|c|triton]
+    python -m dmcore bench --model fashion_cnn [--runs 1,10,40] [--repeats 10] [--threads N]
     python -m dmcore sweep --dataset mnist1d --losses cce,mae,gce,imae,dm \
         --noise symmetric:0,0.2,0.4,0.6,0.8 --seeds 3 --out DIR [--steps 6000] [--device cuda]
     python -m dmcore sweep --dataset cifar10 --data-dir DIR --model resnet20 --device cuda --out DIR
@@ -82,6 +83,9 @@ def _bench(args) -> int:
     from . import bench
 
     _setup(args)
+    if args.model:
+        return _bench_model(args)
+    args.repeats = args.repeats or 20
     results = bench.run(args.device, args.shapes, args.repeats, dtype=getattr(torch, args.dtype), impl=args.impl)
     if args.record:
         bench.save(results, args.record, args.device, args.repeats)
@@ -94,6 +98,26 @@ def _bench(args) -> int:
     print(f"DMLoss extra peak memory beyond its gradient: max {max(r.peak_beyond_grad for r in dm):.2f}x the logits")
     if all(r.bandwidth_fraction is not None for r in dm):
         print(f"DMLoss bandwidth: min {min(r.bandwidth_fraction for r in dm):.0%} of the peak")
+    return 0
+
+
+def _bench_model(args) -> int:
+    """``bench --model``: training steps of 1, 10, 40 (``--runs``) runs at once, three ways (:func:`bench.model_steps`)."""
+    from . import bench
+    from .models import build
+    from .records import provenance
+    from .train import keep_freed_memory
+
+    if args.device != "cpu" or args.record or args.shapes:
+        raise ValueError("bench --model times training on the CPU: --device, --shapes and --record belong to the loss benchmark")
+    bench.model_input_shape(build(args.model, 10))     # an unknown or unsupported model fails before anything runs
+    keep_freed_memory()       # as training does: otherwise every step page-faults its activations in again
+    repeats = args.repeats or 10
+    results = bench.model_steps(args.model, args.runs, repeats=repeats)
+    print(f"{args.model}: training steps of R runs (forward, backward, SGD; batch 100 each), fastest of {repeats} "
+          f"interleaved steps; evaluation: forward on 1000 shared examples ({provenance(args.model)['cpu']}, "
+          f"{torch.get_num_threads()} threads, torch {torch.__version__})")
+    print(bench.format_model_table(results))
     return 0
 
 
@@ -199,7 +223,9 @@ def _parser() -> argparse.ArgumentParser:
 def _add_bench(commands) -> None:
     b = commands.add_parser("bench", help="time and memory of the EDF losses against F.cross_entropy")
     b.add_argument("--device", type=_device, default="cpu", help="cpu (default) or cuda[:k]")
-    b.add_argument("--repeats", type=_positive, default=20, help="timed runs per loss and shape (the fastest is reported)")
+    b.add_argument("--repeats", type=_positive, default=None,
+                   help="timed runs per loss and shape, or steps per way with --model (the fastest is reported; "
+                        "default 20, with --model 10)")
     b.add_argument("--shapes", type=lambda s: [_shape(x) for x in s.split(",")], default=None,
                    help="comma-separated shapes like 4096x1000,8x21x128x128 (default: the CPU benchmark's)")
     b.add_argument("--threads", type=_positive, default=None, help="torch threads (default: torch's own)")
@@ -208,6 +234,11 @@ def _add_bench(commands) -> None:
     b.add_argument("--impl", choices=["auto", "torch", "c", "triton"], default="auto",
                    help="the EDF losses' implementation (default auto: C on CPU, Triton on CUDA)")
     b.add_argument("--record", default=None, help="also write the results and this machine's description to this JSON file")
+    b.add_argument("--model", default=None,
+                   help="instead, time training steps of this model (fashion_cnn[_wK] or mnist1d_cnn[_wK]) for many runs "
+                        "at once: forward_stacked, vmap and a loop over runs")
+    b.add_argument("--runs", type=lambda s: [_positive(x) for x in s.split(",")], default=[1, 10, 40],
+                   help="with --model: comma-separated numbers of runs trained together (default 1,10,40)")
     b.set_defaults(run=_bench)
 
 

@@ -72,3 +72,35 @@ def test_bench_runs_the_gpu_code_path_under_the_interpreter(monkeypatch):
     assert all(r.bandwidth_fraction == pytest.approx(r.bandwidth_gbs / 1.0) for r in dm)
     table = bench.format_table(results)
     assert "16x100" in table and "bfloat16" in table and "of peak" in table
+
+
+@pytest.mark.parametrize("model", ["fashion_cnn", "mnist1d_cnn"])
+def test_model_steps_times_every_way(model):
+    results = bench.model_steps(model, runs=(1, 3), batch=4, repeats=1, eval_batch=8, eval_repeats=1)
+    assert [(r.runs, r.way) for r in results] == [(n, way) for n in (1, 3) for way in bench.MODEL_WAYS]
+    assert all(r.wall_ms > 0 and r.cpu_ms >= 0 and r.eval_us >= 0 and r.batch == 4 for r in results)
+    assert results[-1].seconds_per_run(3000) == pytest.approx(results[-1].cpu_ms * 3 / 3)
+    table = bench.format_model_table(results)
+    assert "CPU ms/run-step" in table and len(table.splitlines()) == 1 + len(results)
+
+
+def test_model_steps_names_the_models_it_times():
+    with pytest.raises(ValueError, match="times fashion_cnn\\[_wK\\] and mnist1d_cnn\\[_wK\\], got a CifarResNet"):
+        bench.model_steps("resnet20", runs=(1,))
+    with pytest.raises(ValueError, match="unknown way 'scan'"):
+        bench.model_steps("fashion_cnn", runs=(1,), ways=("scan",), batch=2, repeats=1)
+
+
+def test_command_line_model_bench():
+    out = subprocess.run([sys.executable, "-m", "dmcore", "bench", "--model", "fashion_cnn", "--runs", "2",
+                          "--repeats", "1", "--threads", "1"], capture_output=True, text=True, timeout=300, check=True).stdout
+    assert "fashion_cnn: training steps of R runs" in out and "1 threads" in out
+    assert all(way in out for way in bench.MODEL_WAYS) and len(out.splitlines()) == 2 + len(bench.MODEL_WAYS)
+
+
+@pytest.mark.parametrize("argv, message", [(["--model", "resnet20"], "got a CifarResNet"),
+                                           (["--model", "vgg"], "unknown model 'vgg'"),
+                                           (["--model", "fashion_cnn", "--record", "x.json"], "--record belong")])
+def test_command_line_model_bench_refuses(argv, message, capsys):
+    assert cli.main(["bench", *argv]) == 2
+    assert message in capsys.readouterr().err

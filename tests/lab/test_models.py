@@ -65,7 +65,7 @@ def test_cifar_resnets_are_he_et_al(depth, blocks, parameters):
 
 
 def test_build_names_the_problem():
-    with pytest.raises(ValueError, match="unknown model 'vgg'"):
+    with pytest.raises(ValueError, match="unknown model .vgg.; expected mnist1d_cnn, mnist1d_cnn_w<channels>, fashion_cnn"):
         models.build("vgg", 10)
     with pytest.raises(ValueError, match="needs in_features"):
         models.build("mlp", 10)
@@ -177,3 +177,121 @@ def test_the_cnn_width_is_part_of_its_name():
     assert wide.convs[1].out_channels == 48 and models.build("mnist1d_cnn", 10).convs[1].out_channels == 25
     with pytest.raises(ValueError, match="unknown model 'mnist1d_cnn_w0'"):
         models.build("mnist1d_cnn_w0", 10)
+
+
+# --- the Fashion-MNIST CNN ---------------------------------------------------------------------------
+
+FASHION_LAYERS = {   # (kernel, stride, padding) per convolution: the default; the 3x3 stride-2 stack; odd ones
+    "patchify": ((4, 4, 0), (3, 2, 1), (3, 1, 1)),
+    "3x3-stride2": ((3, 2, 1), (3, 2, 1), (3, 2, 1)),
+    "5x5-then-odd": ((5, 2, 2), (2, 1, 0), (3, 3, 1)),
+}
+
+
+def test_fashion_cnn_shapes_and_size():
+    model = models.FashionCNN()
+    assert model(torch.randn(7, 1, 28, 28)).shape == (7, 10) and model(torch.randn(7, 784)).shape == (7, 10)
+    assert sum(p.numel() for p in model.parameters()) == 7578
+    assert [c.kernel_size + c.stride + c.padding for c in model.convs] == [(4, 4, 4, 4, 0, 0), (3, 3, 2, 2, 1, 1),
+                                                                            (3, 3, 1, 1, 1, 1)]
+    assert model.out_size == 4 and model.linear.in_features == 16 * 4 * 4
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())  # no running statistics
+    for bad in (torch.randn(7, 1, 28, 27), torch.randn(7)):
+        with pytest.raises(ValueError, match=r"FashionCNN takes images \(\.\.\., 1, 28, 28\) or \(\.\.\., 784\)"):
+            model(bad)
+    with pytest.raises(ValueError, match="got shape \\(3, 784\\)"):
+        model.forward_stacked(dict(model.named_parameters()), torch.randn(3, 784))    # no copy dimension
+    with pytest.raises(ValueError, match="leave nothing of a 28x28 image"):
+        models.FashionCNN(layers=((7, 7, 0), (3, 2, 0), (3, 2, 0)))
+
+
+def _fashion_copies(runs, dtype, layers=FASHION_LAYERS["patchify"], channels=5, classes=10, seed=0):
+    """``runs`` Fashion-MNIST CNNs from ``torch.manual_seed(seed)``, LayerNorm gains and biases drawn too, and
+    their stacked parameters, each requiring grad."""
+    torch.manual_seed(seed)
+    nets = [models.FashionCNN(classes, channels=channels, layers=layers).to(dtype) for _ in range(runs)]
+    for net in nets:                                   # LayerNorm affine away from (1, 0): negative gains too
+        for p in net.norms.parameters():
+            p.data.normal_()
+    params, _ = torch.func.stack_module_state(nets)
+    return nets, {k: v.detach().requires_grad_() for k, v in params.items()}
+
+
+@pytest.mark.parametrize("layers", FASHION_LAYERS.values(), ids=FASHION_LAYERS.keys())
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["float64", "float32"])
+def test_fashion_cnn_forward_stacked_equals_each_copy(layers, dtype):
+    """R copies at once (unfolds and batched matrix products) give each copy's logits and, by autograd,
+    each copy's parameter gradients as its ``forward`` of ``nn.Conv2d`` layers does: float64 to 1e-10,
+    float32 to 1e-4 relative and 2e-5 of the largest gradient entry (measured: at most 5e-6)."""
+    nets, params = _fashion_copies(3, dtype, layers, classes=7)
+    gen = torch.Generator().manual_seed(1)
+    x = torch.randn(3, 6, 1, 28, 28, generator=gen, dtype=torch.float64).to(dtype)
+    upstream = torch.randn(3, 6, 7, generator=gen, dtype=torch.float64).to(dtype)
+    if dtype == torch.float64:
+        _assert_stacked_is_each_copy(nets, params, x, upstream, rtol=1e-10, atol=1e-10)
+        return
+    out = nets[0].forward_stacked(params, x)
+    (out * upstream).sum().backward()
+    for r, net in enumerate(nets):
+        alone = net(x[r])
+        torch.testing.assert_close(out[r], alone, rtol=1e-4, atol=2e-5 * alone.abs().max().item())
+        (alone * upstream[r]).sum().backward()
+        for name, p in net.named_parameters():
+            scale = p.grad.abs().max().item()
+            torch.testing.assert_close(params[name].grad[r], p.grad, rtol=1e-4, atol=2e-5 * scale, msg=name)
+
+
+def test_fashion_cnn_forward_stacked_flat_shared_input_and_input_gradient():
+    """Flat ``(R, B, 784)`` input; an input expanded over the copies (evaluation: unfolded once) gives the
+    logits of the same input repeated; and the gradient with respect to the input is each copy's."""
+    nets, params = _fashion_copies(3, torch.float64, FASHION_LAYERS["3x3-stride2"])
+    x = torch.randn(5, 1, 28, 28, dtype=torch.float64)
+    with torch.no_grad():
+        shared = nets[0].forward_stacked(params, x.expand(3, *x.shape))
+        repeated = nets[0].forward_stacked(params, x.repeat(3, 1, 1, 1, 1).reshape(3, 5, 784))
+    assert torch.equal(shared, repeated)
+    for r, net in enumerate(nets):
+        torch.testing.assert_close(shared[r], net(x), rtol=1e-10, atol=1e-10)
+    fixed = {k: v.detach() for k, v in params.items()}
+    xs = torch.randn(3, 4, 1, 28, 28, dtype=torch.float64, requires_grad=True)
+    upstream = torch.randn(3, 4, 10, dtype=torch.float64)
+    (nets[0].forward_stacked(fixed, xs) * upstream).sum().backward()
+    for r, net in enumerate(nets):
+        alone = xs.detach()[r].clone().requires_grad_()
+        (net(alone) * upstream[r]).sum().backward()
+        torch.testing.assert_close(xs.grad[r], alone.grad, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("size, spec", [(5, (3, 2, 1)), (6, (4, 4, 0)), (4, (3, 1, 1)), (7, (2, 3, 0))])
+def test_patches_gradcheck(size, spec):
+    """The unfold of a 2-D convolution and its hand-written backward (col2im), against finite differences."""
+    h = torch.randn(2, 3, size, size + 1, 2, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda t: models._Patches.apply(t, *spec), (h,))
+
+
+def test_fashion_cnn_by_name():
+    model = models.build("fashion_cnn", 10)
+    assert isinstance(model, models.FashionCNN) and model.convs[1].out_channels == 16
+    wide = models.build("fashion_cnn_w24", 3, in_features=784)      # in_features, which train passes, is ignored
+    assert wide.convs[2].out_channels == 24 and wide.linear.out_features == 3
+    with pytest.raises(ValueError, match="unknown model 'fashion_cnn_w0'.*fashion_cnn, fashion_cnn_w<channels>"):
+        models.build("fashion_cnn_w0", 10)
+
+
+def test_fashion_cnn_trains_through_train_runs():
+    """``dmcore.lab.train`` trains the model through its ``forward_stacked`` (a few hundred random 28x28 images,
+    a handful of steps): runs trained together equal runs trained alone, in float64."""
+    from dmcore.lab import data, train
+
+    gen = torch.Generator().manual_seed(0)
+    tiny = data.Dataset("tiny-28x28", torch.randn(200, 1, 28, 28, generator=gen), torch.randint(0, 10, (200,), generator=gen),
+                        torch.randn(50, 1, 28, 28, generator=gen), torch.randint(0, 10, (50,), generator=gen), 10)
+    protocol = train.Protocol(steps=4, batch_size=50, eval_every=2)
+    runs = [train.Run("cce", "symmetric", 0.2, 0), train.Run("dm", "symmetric", 0.4, 1)]
+    together = train.train_runs("fashion_cnn", tiny, runs, protocol, dtype=torch.float64)
+    for run, batched in zip(runs, together):
+        (alone,) = train.train_runs("fashion_cnn", tiny, [run], protocol, dtype=torch.float64)
+        assert [h["step"] for h in batched["history"]] == [0, 2, 4] and batched["model"] == "fashion_cnn"
+        for got, expected in zip(batched["history"], alone["history"]):
+            for key, value in got.items():
+                assert value == pytest.approx(expected[key], rel=1e-9, abs=1e-12, nan_ok=True), (run, key)
