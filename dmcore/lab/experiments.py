@@ -110,12 +110,13 @@ MAP_LRS = {"cce": (0.03, 0.1, 0.3), "gce": (0.1, 0.3, 1.0), "imae": (0.03, 0.1, 
 #: ``(size, width) -> {(loss, noise rate): added learning rates}`` (each round of the rule one session).
 MAP_ADDED_RATES = (0.6,)
 MAP_WIDENED = {
-    (2, 25): {("dm", 0.4): (1.0,)},
-    (2, 48): {("dm", 0.4): (1.0,)},
+    (2, 25): {("dm", 0.4): (1.0,), ("gce", 0.6): (0.03,), ("imae", 0.6): (1.0,), ("dm", 0.6): (0.01,)},
+    (2, 48): {("dm", 0.4): (1.0,), ("cce", 0.6): (0.01,), ("dm", 0.6): (0.01,)},
     (4, 25): {("imae", 0.4): (0.01,)},
     (4, 48): {("cce", 0.8): (0.01,), ("gce", 0.8): (0.03, 0.01), ("dm", 0.8): (0.01,)},
     (10, 25): {("gce", 0.4): (0.03,), ("imae", 0.4): (0.01,), ("dm", 0.4): (0.01,)},
-    (10, 48): {("gce", 0.4): (0.03,), ("imae", 0.4): (0.01,), ("dm", 0.4): (0.01,)},
+    (10, 48): {("gce", 0.4): (0.03,), ("imae", 0.4): (0.01,), ("dm", 0.4): (0.01,), ("gce", 0.6): (0.03,),
+               ("imae", 0.6): (0.01,)},
 }
 #: The other emphasis density functions of the DM paper, two settings each.
 EDF_FAMILIES = ("normal:psi=0.25,beta=8", "normal:psi=0.75,beta=8", "exponential:beta=2", "exponential:beta=-2",
