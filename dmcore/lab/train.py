@@ -27,6 +27,13 @@ A run whose logits overflow (NaN or infinite) has diverged: it records the step
 (``diverged_step``), stops training and reports NaN for every later metric and for its final
 accuracy (its best is the best before), while the runs trained with it go on unaffected.
 
+A run with noise ``instance`` (:func:`dmcore.lab.noise.instance_dependent`, Chen et al., AAAI 2021)
+draws its training labels from the class probabilities of a model trained on the clean labels, and its
+validation labels from the same model's on the validation split: :func:`clean_probs`, the clean CCE run
+of the run's seed under the same model, protocol, device and dtype, averaged over the protocol's
+evaluations, trained once per process before the runs that need it. Runs of the other schemes do not
+train it, and their labels and training do not change when instance runs are trained with them.
+
 Losses are named as in the papers: ``cce``, ``mae`` (``1 - p``), ``mse`` (``(1 - p)^2``), ``gce``
 (``q = 0.7``), ``imae`` (``T = 8``), ``dm`` (``lam = 0.5, beta = 8``), the baselines ``sce``,
 ``nce+rce`` and ``poly1``, and DM's other EDFs ``normal``, ``exponential`` and ``beta``
@@ -40,6 +47,7 @@ from __future__ import annotations
 
 import copy
 import ctypes
+import hashlib
 import math
 from dataclasses import asdict, dataclass, field, replace
 
@@ -51,7 +59,7 @@ from .. import losses
 from . import models, noise
 from .data import Dataset
 
-__all__ = ["Protocol", "Run", "LossSpec", "parse_loss", "train_runs", "expected_calibration_error"]
+__all__ = ["Protocol", "Run", "LossSpec", "parse_loss", "train_runs", "clean_probs", "expected_calibration_error"]
 
 
 @dataclass(frozen=True)
@@ -258,6 +266,9 @@ def train_runs(model: str, dataset: Dataset, runs: list[Run], protocol: Protocol
     ``run.seed``, and its mini-batch order from ``run.seed``, so a run's result does not depend on
     which other runs it is trained with (exactly in float64; in float32 to rounding, since PyTorch's
     batched matrix products may sum in another order for another number of runs; both tested).
+    A run with noise ``instance`` takes its labels from :func:`clean_probs` of its seed (under
+    ``protocol`` as given, whatever the run's own learning rate), trained first where this process has
+    not trained it yet; its steps are not reported to ``progress``.
     ``progress`` is called with the number of steps done.
     """
     if not runs:
@@ -265,23 +276,32 @@ def train_runs(model: str, dataset: Dataset, runs: list[Run], protocol: Protocol
     rates = sorted({_learning_rate(r, protocol) for r in runs})
     if len(rates) > 1:   # the stacked optimiser has one learning rate: train each rate's runs apart
         return _train_by_learning_rate(model, dataset, runs, protocol, device, dtype, progress, rates)
-    protocol = replace(protocol, lr=rates[0])
+    probs = {r.seed: clean_probs(dataset, model, protocol, r.seed, device, dtype)
+             for r in runs if r.noise == "instance"}
+    return _train(model, dataset, runs, replace(protocol, lr=rates[0]), device, dtype, progress, probs)
+
+
+def _train(model: str, dataset: Dataset, runs: list[Run], protocol: Protocol, device, dtype, progress,
+           probs: dict, watch=None) -> list[dict]:
+    """:func:`train_runs` of runs of one learning rate, ``protocol``'s; ``probs`` maps the seed of each
+    ``instance`` run to its :func:`clean_probs`; ``watch(step, logits_train, logits_val)`` is called at
+    each evaluation (see :func:`_record`)."""
     specs = [parse_loss(r.loss) for r in runs]
     device = torch.device(device)
-    splits = _splits(dataset, runs, protocol.batch_size, device, dtype)
+    splits = _splits(dataset, runs, protocol.batch_size, device, dtype, probs)
     stack = _Stack.build(model, dataset.num_classes, splits.x_train[0].numel(), runs, device, dtype)
     optimizer, scheduler = protocol.optimiser(stack.params.values())
     groups = _loss_groups(specs, device)
     histories, diverged = [[] for _ in runs], [None for _ in runs]
 
-    logits_test = _record(0, stack, splits, specs, diverged, histories)
+    logits_test = _record(0, stack, splits, specs, diverged, histories, watch)
     batches = _mini_batches(runs, len(splits.x_train), protocol.batch_size, device)
     for step, idx in zip(range(1, protocol.steps + 1), batches):
         logits = stack(splits.x_train[idx])
         groups = _without_diverged(groups, logits, diverged, step)
         _sgd_step(specs, groups, logits, torch.gather(splits.observed, 1, idx), optimizer, scheduler)
         if step % protocol.eval_every == 0 or step == protocol.steps:
-            logits_test = _record(step, stack, splits, specs, diverged, histories)
+            logits_test = _record(step, stack, splits, specs, diverged, histories, watch)
         if progress is not None:
             progress(step)
     return _results(model, dataset, runs, splits, histories, diverged, logits_test)
@@ -310,6 +330,99 @@ def _train_by_learning_rate(model, dataset, runs, protocol, device, dtype, progr
     return [done[r.run_id] for r in runs]
 
 
+#: :func:`clean_probs` computed in this process, by :func:`_clean_key`.
+_CLEAN_PROBS: dict = {}
+
+
+def clean_probs(dataset: Dataset, model: str, protocol: Protocol = Protocol(), seed: int = 0, device: str = "cpu",
+                dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, torch.Tensor | None]:
+    r"""The class probabilities of a model trained on the clean labels, which instance-dependent noise
+    needs (:func:`dmcore.lab.noise.instance_dependent`): ``(train, val)``, float64 on the CPU, ``train``
+    ``(N_train, C)`` on the training split and ``val`` ``(N_val, C)`` on the validation split (None where
+    ``dataset`` has none), each row summing to 1 (to float64 rounding).
+
+    One run of CCE on the clean labels, ``Run("cce", "symmetric", 0.0, seed)``, is trained by this
+    module's :func:`train_runs` machinery with ``model``, ``protocol`` (its learning rate), ``device`` and
+    ``dtype``, so it is the clean CCE run of that seed in a sweep that has one. At each of the protocol's
+    evaluations after step 0, at steps :math:`t_1 < \dots < t_K` (every ``eval_every`` steps and the
+    last step), its softmax on the full split, computed in float64 from its eval-mode logits
+    :math:`z^{(t)}`, is averaged:
+
+    .. math::
+
+        \bar p_{ij} = \frac{1}{K} \sum_{k=1}^{K} \operatorname{softmax}\big(z^{(t_k)}_i\big)_j .
+
+    The untrained model of step 0 is left out. Chen et al. (AAAI 2021) average over every epoch of
+    clean training, so that examples the network fits only late keep part of their doubt; here an
+    evaluation stands for an epoch (the defaults evaluate every 250 steps of 100 examples, 6.25 epochs
+    of MNIST-1D's 4000 sequences).
+
+    The validation probabilities are held-out predictions: the clean model never trained on those
+    examples, so it doubts all of them more than the training examples it fitted, and the noise drawn
+    from them (the noisy validation labels of :func:`train_runs`) is somewhat less concentrated on the
+    ambiguous examples than the training noise is.
+
+    Computed once per process for each key (:func:`_clean_key`: the dataset's name and a digest of its
+    training and validation splits, ``model``, ``protocol``, ``seed``, ``device`` and ``dtype``), so the
+    runs of a sweep, all its chunks and learning rates, share it; each call returns its own copies.
+    Nothing is written to disk. A clean run that diverges raises :class:`FloatingPointError`. The
+    probabilities, hence the instance-dependent labels, are as reproducible as a trained run: the same
+    on the same arithmetic, and on another machine's rounding possibly not (the other schemes' labels
+    depend on the seed alone).
+
+    Reference: P. Chen, J. Ye, G. Chen, J. Zhao and P.-A. Heng, "Beyond class-conditional assumption:
+    a primary attempt to combat instance-dependent label noise", AAAI 2021.
+
+    Example::
+
+        >>> from dmcore.lab import data, train
+        >>> protocol = train.Protocol(steps=20, batch_size=50, eval_every=10)
+        >>> train_p, val_p = train.clean_probs(data.digits(), "mlp", protocol)
+        >>> tuple(train_p.shape), train_p.dtype, val_p
+        ((1437, 10), torch.float64, None)
+    """
+    key = _clean_key(dataset, model, protocol, seed, device, dtype)
+    if key not in _CLEAN_PROBS:
+        _CLEAN_PROBS[key] = _train_clean(dataset, model, protocol, seed, device, dtype)
+    return tuple(None if p is None else p.clone() for p in _CLEAN_PROBS[key])
+
+
+def _clean_key(dataset: Dataset, model: str, protocol: Protocol, seed: int, device, dtype) -> tuple:
+    """The key of :func:`clean_probs`. A dataset's name alone does not tell its examples apart (two
+    validation splits of other seeds share one), so a SHA-256 digest of the number of classes and of
+    the training and validation inputs and labels (their shapes, dtypes and bytes) goes with it."""
+    digest = hashlib.sha256(str(dataset.num_classes).encode())
+    for tensor in (dataset.x_train, dataset.y_train, dataset.x_val, dataset.y_val):
+        if tensor is None:
+            digest.update(b"none")
+            continue
+        tensor = tensor.detach().cpu().contiguous()
+        digest.update(f"{tuple(tensor.shape)}{tensor.dtype}".encode())
+        digest.update(tensor.view(torch.uint8).numpy())
+    return dataset.name, digest.hexdigest(), model, protocol, seed, str(torch.device(device)), dtype
+
+
+def _train_clean(dataset: Dataset, model: str, protocol: Protocol, seed: int, device, dtype) -> tuple:
+    """:func:`clean_probs`, trained: the clean CCE run and its softmax averaged over its evaluations."""
+    run = Run("cce", "symmetric", 0.0, seed)
+    sums, evaluations = [None, None], []
+
+    def accumulate(step, logits_train, logits_val):
+        if step == 0:
+            return
+        evaluations.append(step)
+        for split, logits in enumerate((logits_train, logits_val)):
+            if logits is not None:
+                prob = logits[0].double().softmax(1).cpu()
+                sums[split] = prob if sums[split] is None else sums[split] + prob
+
+    (result,) = _train(model, dataset, [run], protocol, device, dtype, None, {}, accumulate)
+    if result["diverged_step"] is not None:
+        raise FloatingPointError(f"the clean model for instance noise ({run.run_id}, {model} on {dataset.name}) "
+                                 f"diverged at step {result['diverged_step']}; its probabilities are undefined")
+    return tuple(None if total is None else total / len(evaluations) for total in sums)
+
+
 @dataclass(frozen=True)
 class _Splits:
     """The dataset's splits on the training device, with every run's noisy labels: ``observed`` and
@@ -330,21 +443,29 @@ class _Splits:
     y_fresh: torch.Tensor | None = None
 
 
-def _splits(dataset: Dataset, runs: list[Run], batch_size: int, device, dtype) -> _Splits:
-    """:class:`_Splits` of ``dataset`` for ``runs``; a batch larger than the training split is refused."""
+def _splits(dataset: Dataset, runs: list[Run], batch_size: int, device, dtype, probs: dict | None = None) -> _Splits:
+    """:class:`_Splits` of ``dataset`` for ``runs``; a batch larger than the training split is refused.
+    ``probs`` maps the seed of each ``instance`` run to its :func:`clean_probs` ``(train, val)``; the
+    other schemes get no probabilities (and :func:`dmcore.lab.noise.by_name` would ignore them)."""
     x_train = dataset.x_train.to(device, dtype)
     x_test = dataset.x_test.to(device, dtype)
     y_test = dataset.y_test.to(device)
     if batch_size > len(x_train):
         raise ValueError(f"batch size {batch_size} is larger than the training split of {dataset.name} "
                          f"({len(x_train)} examples)")
-    noisy = [noise.by_name(dataset.y_train, r.noise, r.rate, dataset.num_classes, r.seed) for r in runs]
+    probs = probs or {}
+
+    def clean(run: Run, split: int):    # split 0: training, 1: validation
+        return probs[run.seed][split] if run.noise == "instance" and run.seed in probs else None
+
+    noisy = [noise.by_name(dataset.y_train, r.noise, r.rate, dataset.num_classes, r.seed, probs=clean(r, 0))
+             for r in runs]
     observed = torch.stack([n.labels for n in noisy]).to(device)
     noisy_mask = torch.stack([n.noise_mask for n in noisy]).to(device)
     val = {}
     if dataset.x_val is not None:
-        val_observed = [noise.by_name(dataset.y_val, r.noise, r.rate, dataset.num_classes, r.seed + 100003).labels
-                        for r in runs]
+        val_observed = [noise.by_name(dataset.y_val, r.noise, r.rate, dataset.num_classes, r.seed + 100003,
+                                      probs=clean(r, 1)).labels for r in runs]
         val = dict(x_val=dataset.x_val.to(device, dtype), y_val=dataset.y_val.to(device),
                    val_observed=torch.stack(val_observed).to(device))
     if dataset.x_fresh is not None:
@@ -426,11 +547,16 @@ def _sgd_step(specs, groups, logits, targets, optimizer, scheduler) -> None:
     scheduler.step()
 
 
-def _record(step: int, stack: _Stack, splits: _Splits, specs, diverged: list, histories: list) -> torch.Tensor:
-    """Append every run's metrics at ``step`` to its history (NaN once it diverged); the test logits."""
+def _record(step: int, stack: _Stack, splits: _Splits, specs, diverged: list, histories: list,
+            watch=None) -> torch.Tensor:
+    """Append every run's metrics at ``step`` to its history (NaN once it diverged); the test logits.
+    ``watch`` (where given) is called with ``step`` and the logits ``(R, N, C)`` on the training and the
+    validation split (None without one)."""
     logits_train = stack.evaluate(splits.x_train)
     logits_test = stack.evaluate(splits.x_test)
     logits_val = None if splits.x_val is None else stack.evaluate(splits.x_val)
+    if watch is not None:
+        watch(step, logits_train, logits_val)
     logits_fresh = None if splits.x_fresh is None else stack.evaluate(splits.x_fresh)
     for r, m in enumerate(_metrics(specs, splits, logits_train, logits_test, logits_val, logits_fresh)):
         if diverged[r] is not None:

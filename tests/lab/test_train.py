@@ -242,3 +242,101 @@ def test_training_updates_the_batchnorm_statistics_it_evaluates_with(digits):
     with unittest.mock.patch.object(train, "_evaluate", spy):
         train.train_runs("resnet20", ds, [train.Run("cce", seed=0)], train.Protocol(steps=2, batch_size=8, eval_every=2))
     assert any(not torch.equal(seen[0][k], seen[-1][k]) for k in seen[0])
+
+
+# ---------------------------------------------------------------- instance-dependent noise
+
+TINY = train.Protocol(steps=20, batch_size=50, eval_every=10)
+
+
+@pytest.fixture(scope="module")
+def digits_val(digits):
+    return data.with_validation(digits, 0.2, seed=0)
+
+
+@pytest.fixture
+def clean_trainings(monkeypatch):
+    """An empty cache of clean models for the test, and the list of the (dataset, seed) of each clean
+    model trained during it."""
+    monkeypatch.setattr(train, "_CLEAN_PROBS", {})
+    trained, real = [], train._train_clean
+
+    def counting(dataset, model, protocol, seed, device, dtype):
+        trained.append((dataset.name, seed))
+        return real(dataset, model, protocol, seed, device, dtype)
+    monkeypatch.setattr(train, "_train_clean", counting)
+    return trained
+
+
+def most_likely_wrong(probs, labels):
+    wrong = probs.clone()
+    wrong[torch.arange(len(labels)), labels] = -1.0
+    return wrong.argmax(1)
+
+
+def test_instance_noise_trains_deterministically_from_the_clean_model(digits_val, clean_trainings, monkeypatch):
+    """A sweep with instance:0.4 trains: round(0.4 N) flips on each split, each to the example's most likely
+    wrong class under the clean CCE model of the run's seed (trained once, shared by the seed's runs), the
+    same labels and results when the call is repeated from an empty cache, and the symmetric run exactly as
+    alone (which trains no clean model)."""
+    seen, real_splits = [], train._splits
+    monkeypatch.setattr(train, "_splits", lambda *a, **k: seen.append(real_splits(*a, **k)) or seen[-1])
+    runs = [train.Run("cce", "instance", 0.4, 0), train.Run("dm", "instance", 0.4, 0),
+            train.Run("gce", "symmetric", 0.4, 2)]
+    first = train.train_runs("mlp", digits_val, runs, TINY)
+    splits = seen[-1]
+    assert clean_trainings == [("digits-val0.2", 0)]
+    n_train = len(digits_val.y_train)
+    assert all(r["realised_rate"] == round(0.4 * n_train) / n_train for r in first)
+    assert torch.equal(splits.observed[0], splits.observed[1])          # one clean model per seed, one draw
+    train_p, val_p = train.clean_probs(digits_val, "mlp", TINY, seed=0)
+    for r in (0, 1):
+        for probs, clean, observed in ((train_p, digits_val.y_train, splits.observed[r]),
+                                       (val_p, digits_val.y_val, splits.val_observed[r])):
+            assert probs.dtype == torch.float64 and probs.shape == (len(clean), 10)
+            torch.testing.assert_close(probs.sum(1), torch.ones(len(clean), dtype=torch.float64), rtol=0, atol=1e-12)
+            flipped = observed != clean
+            assert int(flipped.sum()) == round(0.4 * len(clean))
+            assert torch.equal(observed[flipped], most_likely_wrong(probs, clean)[flipped])
+            doubt = 1 - probs[torch.arange(len(clean)), clean]
+            assert doubt[flipped].mean() > doubt[~flipped].mean()       # the flips fall on the doubted examples
+        assert torch.equal(splits.noisy_mask[r], splits.observed[r] != digits_val.y_train)
+    assert len(clean_trainings) == 1                                    # clean_probs above: from the cache
+
+    monkeypatch.setattr(train, "_CLEAN_PROBS", {})
+    again = train.train_runs("mlp", digits_val, runs, TINY)
+    assert len(clean_trainings) == 2
+    assert torch.equal(seen[-1].observed, splits.observed) and torch.equal(seen[-1].val_observed, splits.val_observed)
+    for a, b in zip(again, first):
+        assert a["final_test_acc"] == b["final_test_acc"]
+        assert_same_history(a["history"], b["history"], exact=True, context=a["run_id"])
+
+    (alone,) = train.train_runs("mlp", digits_val, [runs[2]], TINY)
+    assert len(clean_trainings) == 2
+    assert torch.equal(seen[-1].observed[0], splits.observed[2])
+    assert_same_history(first[2]["history"], alone["history"], exact=True)
+
+
+def test_clean_probs_average_the_evaluations_after_step_0_once_per_key(digits_val, clean_trainings, monkeypatch):
+    """The clean model's softmax on the training split at steps 10 and 20 of 20 (not the untrained step 0),
+    averaged; computed once per key, again for another seed, protocol, or dataset of the same name."""
+    logged, real = [], train._evaluate
+
+    def spy(base, params, buffers, x, chunk=1000):
+        logits = real(base, params, buffers, x, chunk)
+        if x.shape == digits_val.x_train.shape:
+            logged.append(logits[0].double().softmax(1))
+        return logits
+    monkeypatch.setattr(train, "_evaluate", spy)
+    train_p, val_p = train.clean_probs(digits_val, "mlp", TINY, seed=3)
+    assert len(logged) == 3                                             # steps 0, 10, 20
+    torch.testing.assert_close(train_p, (logged[1] + logged[2]) / 2, rtol=1e-12, atol=1e-15)
+    assert val_p.shape == (len(digits_val.y_val), 10)
+    again = train.clean_probs(digits_val, "mlp", TINY, seed=3)
+    assert torch.equal(again[0], train_p) and torch.equal(again[1], val_p) and len(clean_trainings) == 1
+    train.clean_probs(digits_val, "mlp", TINY, seed=4)
+    train.clean_probs(digits_val, "mlp", train.Protocol(steps=10, batch_size=50, eval_every=10), seed=3)
+    other = data.with_validation(data.digits(), 0.2, seed=1)           # the same name, other examples
+    assert other.name == digits_val.name
+    train.clean_probs(other, "mlp", TINY, seed=3)
+    assert [seed for _, seed in clean_trainings] == [3, 4, 3, 3]
