@@ -1,13 +1,19 @@
 """The memorisation map judged: where CCE memorises noisy labels, and what the claims say there.
 
 The map (:data:`dmcore.lab.experiments.MAP_SIZES` x :data:`~dmcore.lab.experiments.MAP_WIDTHS`) is one
-record per cell: CCE, GCE, IMAE and DM, each tuned over its three learning rates on noisy validation
-labels, at symmetric noise 0.4 and 0.8, five seeds. Its pre-registered criteria
+record per cell: CCE, GCE, IMAE and DM, each tuned over its learning rates on noisy validation labels,
+at symmetric noise 0.4, 0.6 and 0.8, five seeds. Its pre-registered criteria
 (``book/criteria/memorisation.toml``) say when a cell *memorises* (CCE, tuned on the final rule, fits
 more than half of the noisy training subset in every seed at symmetric 0.4, and its early-stopped
 accuracy is above 50%) and judge claims 1, 3, 4 and the headline H in every memorising cell, exactly as
 :class:`dmcore.lab.judge.Judge` judges them on ``label-noise-fair``. The Holm family under one rule is
 every headline test of every cell (:meth:`Map.tests`).
+
+Its addendum (``book/criteria/memorisation-addendum.toml``, committed before its runs) added symmetric
+0.6 and a widening rule (:func:`widening`, :meth:`Map.widening`): a learning rate one rung of a ladder
+beyond every tuned choice at an edge of its grid, trained in a later session, until none is left.
+``Map.load(..., registered=True)`` reads each record's first session alone, the grid registered with
+the criteria before the addendum.
 
 Example::
 

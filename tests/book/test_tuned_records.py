@@ -2,6 +2,8 @@
 loss's choice, under any judged checkpoint rule, at the smallest or largest learning rate it was
 trained at (a choice there would leave the tuning unfinished)."""
 
+import dataclasses
+
 from dmcore.lab import criteria, experiments, judge, records as records_module, regime
 
 
@@ -12,23 +14,50 @@ def test_the_fair_record_has_no_choice_at_an_edge(root):
         assert [(c.family, c.noise, c.rate, c.setting) for c in J.edge_choices(rule)] == [], rule
 
 
-def test_the_map_has_no_edge_choice_where_its_claims_are_judged(root):
-    """In every memorising cell no choice at symmetric 0.4 (where claims 1, 3, 4 read) sits at an edge; an
-    edge choice at 0.8 (the headline's other rate) sits where no loss's tuned accuracy reaches 20% (chance
-    is 10%), a choice among configurations that barely learn, and the chapter marks the headline there
-    provisional."""
+def test_the_map_has_no_edge_choice_the_widening_rule_could_still_move(root):
+    """The addendum's widening rule is finished: no choice it reads (symmetric 0.4 and 0.6 in every
+    cell, 0.8 where CCE memorises) sits at an edge it could still move; the headline of a memorising
+    cell is provisional exactly where an edge choice is left (a ladder's end or its last rung)."""
     records = root / "book" / "records"
     m = regime.Map.load(criteria.load(experiments.map_name(2, 25), records), records)
     assert m.memorising()
+    assert m.widening() == {}
     for key in m.memorising():
-        cell = m.cells[key]
         for rule in m.judged:
             m.tests(rule)
-            for c in cell.edge_choices(rule):
-                setting = (c.noise, c.rate)
-                best = max(cell.family(f, setting, rule).test.mean for f in experiments.MAP_LRS)
-                assert setting != ("symmetric", 0.4) and best < 0.2, (key, rule, c.setting, setting)
-            assert m.verdict(*key, "H", rule).provisional == bool(cell.edge_choices(rule))
+            assert m.verdict(*key, "H", rule).provisional == bool(m.cells[key].edge_choices(rule))
+
+
+def test_each_widening_session_trained_what_the_rule_asked_from_the_sessions_before_it(root):
+    """Replayed session by session: the learning rates each later session added beyond the registered
+    grid are exactly those the widening rule asked for, read from the runs trained before it."""
+    records = root / "book" / "records"
+    plan = criteria.load(experiments.map_name(2, 25), records)
+    rule = plan["widening"]
+    m = regime.Map.load(plan, records)
+    for key, cell in m.cells.items():
+        results = cell.results
+        reads = [tuple(s) for s in rule["reads"] + (rule["memorising_reads"] if m.memorises(*key) else [])]
+        sessions = results.provenance
+        assert len(sessions) >= 2, key
+        for k in range(1, len(sessions)):
+            before = {run for s in sessions[:k] for run in s["runs"]}
+            view = records_module.Results(dataclasses.replace(
+                results.experiment, runs=tuple(r for r in results.experiment.runs if r.run_id in before)), results.folder)
+            wanted = regime.widening(regime.Cell(view, plan), reads, rule["ladder"], rule["max_rungs"])
+            trained = {(r.loss, r.rate): r.lr for r in results.experiment.runs
+                       if r.run_id in sessions[k]["runs"] and r.lr not in experiments.MAP_LRS[r.loss]}
+            assert trained == wanted, (key, k)
+
+
+def test_the_widening_check_can_fail(root):
+    """The map as registered (first sessions only): the rule asks for the first rung of every widening
+    the addendum trained at 0.4 and 0.8 (0.6 was not registered, so the rule cannot read it there)."""
+    records = root / "book" / "records"
+    registered = regime.Map.load(criteria.load(experiments.map_name(2, 25), records), records, registered=True)
+    first = {key: {k: lrs[0] for k, lrs in widened.items() if k[1] != 0.6}
+             for key, widened in experiments.MAP_WIDENED.items()}
+    assert registered.widening() == {key: w for key, w in first.items() if w} != {}
 
 
 def test_the_edge_check_can_fail(root):
