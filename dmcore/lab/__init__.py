@@ -2,10 +2,11 @@
 
 One module per job:
 
-- :mod:`~dmcore.lab.data`: MNIST-1D and digits offline, long-tailed subsets, validation splits, a
-  CIFAR file reader.
-- :mod:`~dmcore.lab.noise`: label-noise generators with exact realised rates.
-- :mod:`~dmcore.lab.models`: the MNIST-1D CNN, an MLP, CIFAR ResNet-20/44/56.
+- :mod:`~dmcore.lab.data`: MNIST-1D and digits offline, Fashion-MNIST from Debian's files (an IDX
+  reader), long-tailed subsets, validation splits, a CIFAR file reader.
+- :mod:`~dmcore.lab.noise`: label-noise generators with exact realised rates, instance-dependent noise.
+- :mod:`~dmcore.lab.estimate`: the noise rate from noisy labels and a model's probabilities.
+- :mod:`~dmcore.lab.models`: the MNIST-1D CNN, a Fashion-MNIST CNN, an MLP, CIFAR ResNet-20/44/56.
 - :mod:`~dmcore.lab.train`: many runs trained as one batched computation.
 - :mod:`~dmcore.lab.alignment`: gradient directions and weights along a training trajectory.
 - :mod:`~dmcore.lab.sweep`: grids of runs written to tidy files, resumably.

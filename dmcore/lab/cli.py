@@ -247,15 +247,17 @@ def _add_sweep(commands) -> None:
 
     s = commands.add_parser("sweep", help="train a grid of runs under label noise, batched, into tidy CSV files")
     s.add_argument("--dataset", default="mnist1d",
-                   help="mnist1d, mnist1d-40k, digits, cifar10 or cifar100 (with --data-dir), optionally long-tailed "
-                        "(-lt10) and with a validation split (-val0.2): mnist1d-lt10-val0.2")
-    s.add_argument("--data-dir", default=None, help="the folder that holds the CIFAR 'python version' files")
-    s.add_argument("--model", default="mnist1d_cnn", help="mnist1d_cnn, mnist1d_cnn_wK (K channels), mlp, resnet20, "
-                                                          "resnet44 or resnet56")
+                   help="mnist1d, mnist1d-40k, digits, fashion-mnist (Debian's files, or --data-dir), cifar10 or "
+                        "cifar100 (with --data-dir), optionally long-tailed (-lt10) and with a validation split "
+                        "(-val0.2): mnist1d-lt10-val0.2, fashion-mnist-val0.2")
+    s.add_argument("--data-dir", default=None, help="the folder that holds the CIFAR 'python version' files, or Fashion-MNIST's four IDX files")
+    s.add_argument("--model", default="mnist1d_cnn", help="mnist1d_cnn, mnist1d_cnn_wK (K channels), fashion_cnn, "
+                                                          "fashion_cnn_wK, mlp, resnet20, resnet44 or resnet56")
     s.add_argument("--losses", type=_losses, default=_losses("cce,mae,gce,imae,dm"),
                    help="comma-separated: cce, mae, mse, gce[:q=], imae[:T=], dm[:lam=,beta=], cce-dn, ...")
     s.add_argument("--noise", type=_noise, action="append", default=None,
-                   help="SCHEME:RATES, repeatable; schemes symmetric, symmetric-keep, pair, mnist-map, cifar10-map: "
+                   help="SCHEME:RATES, repeatable; schemes symmetric, symmetric-keep, pair, mnist-map, cifar10-map, "
+                        "instance (instance-dependent, from a clean-trained model of the same seed): "
                         "symmetric:0,0.2,0.4 pair:0.2,0.4 (default symmetric:0,0.2,0.4,0.6,0.8)")
     s.add_argument("--seeds", type=_positive, default=3, help="seeds per setting (>= 1)")
     s.add_argument("--out", required=True, help="directory for config.json, runs.csv and history.csv.gz")
