@@ -15,14 +15,6 @@ if present; then
     exit 0
 fi
 echo "Fashion-MNIST is missing from $DIR: installing Debian's package dataset-fashion-mnist with apt-get"
-command -v apt-get >/dev/null 2>&1 || { echo "installing dataset-fashion-mnist needs apt-get (Debian or Ubuntu)" >&2; exit 1; }
-SUDO=""
-if [ "$(id -u)" -ne 0 ]; then
-    command -v sudo >/dev/null 2>&1 || { echo "installing dataset-fashion-mnist needs root or sudo" >&2; exit 1; }
-    SUDO="sudo"
-fi
-export DEBIAN_FRONTEND=noninteractive
-$SUDO apt-get update -qq
-$SUDO apt-get install -y -qq --no-install-recommends dataset-fashion-mnist >/dev/null
+"$(dirname "$0")/apt_install.sh" dataset-fashion-mnist
 present || { echo "dataset-fashion-mnist is installed but $DIR still lacks some of: $FILES" >&2; exit 1; }
 echo "Fashion-MNIST installed in $DIR"
