@@ -340,3 +340,24 @@ def test_clean_probs_average_the_evaluations_after_step_0_once_per_key(digits_va
     assert other.name == digits_val.name
     train.clean_probs(other, "mlp", TINY, seed=3)
     assert [seed for _, seed in clean_trainings] == [3, 4, 3, 3]
+
+
+def test_evaluate_one_copy_at_a_time_where_the_model_asks():
+    """The 2-D CNN is evaluated copy by copy with its plain forward (exactly each copy's forward, in
+    chunks) and agrees with the stacked forward pass the MNIST-1D models take, to float32 rounding."""
+    from torch.func import stack_module_state
+    from dmcore.lab import models
+    torch.manual_seed(0)
+    copies = [models.FashionCNN() for _ in range(3)]
+    params, buffers = stack_module_state(copies)
+    x = torch.randn(5003, 1, 28, 28)        # more than one chunk of 5000, the last one ragged
+    base = models.FashionCNN()
+    assert base.evaluate_each
+    each = train._evaluate(base, params, buffers, x)
+    assert each.shape == (3, 5003, 10)
+    for r, copy in enumerate(copies):
+        with torch.no_grad():
+            assert torch.equal(each[r, :5000], copy(x[:5000])) and torch.equal(each[r, 5000:], copy(x[5000:]))
+    with torch.no_grad():
+        stacked = base.forward_stacked(params, x.expand(3, *x.shape))
+    torch.testing.assert_close(each, stacked, rtol=1e-4, atol=1e-4)
