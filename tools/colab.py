@@ -16,7 +16,8 @@ the chapter imports the dmcore installed in its environment and runs in the book
 
 On Colab, ``%run`` executes this file in the notebook's own kernel, so that what it changes holds
 for the cells that follow: it installs the clone with its ``book`` extra (editable, with the
-pinned dependencies), puts the clone first on ``sys.path`` (an editable install is picked up by a
+pinned dependencies) and the Fashion-MNIST package (``tools/install_fashion_mnist.sh``), puts the
+clone first on ``sys.path`` (an editable install is picked up by a
 new interpreter, not by the running kernel), and moves to ``book/``, where the chapters find their
 records (``records/``) and the papers' tables (``data/paper/``).
 """
@@ -31,6 +32,9 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 def main() -> None:
     subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "-e", f"{ROOT}[book]"], check=True)
+    # Fashion-MNIST's images from the distribution's package; where that fails, the chapters that read
+    # them stop with an error naming the package
+    subprocess.run(["bash", str(ROOT / "tools" / "install_fashion_mnist.sh")], check=False)
     if str(ROOT) not in sys.path:
         sys.path.insert(0, str(ROOT))
     os.chdir(ROOT / "book")

@@ -297,3 +297,5 @@ def test_bitwise_only_where_the_arithmetic_and_the_path_allow_it():
     on_torch = {**here, "kernel": "torch"}       # the CNN's PyTorch path depends on the runs trained with it
     assert not reproduce._bitwise_possible(cnn, on_torch, on_torch)
     assert reproduce._bitwise_possible(single, on_torch, on_torch)      # one run at a time
+    fashion = experiments.get("fashion-mnist-uniform")                  # the 2-D CNN has no kernel path
+    assert not reproduce._bitwise_possible(fashion, here, here)
