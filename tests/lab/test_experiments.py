@@ -46,7 +46,7 @@ def test_every_experiment_is_well_defined(root):
     for name, e in experiments.EXPERIMENTS.items():
         ids = [r.run_id for r in e.runs]
         assert e.name == name and len(set(ids)) == len(ids), name
-        assert e.chapter in chapters, f"{name}: no chapter {e.chapter}"
+        assert e.chapter in chapters or name in experiments.PENDING, f"{name}: no chapter {e.chapter}"
         assert len(e.seeds) >= 2, f"{name}: the statistical rule needs a spread over seeds"
         assert all(len([r for r in e.runs if (r.loss, r.noise, r.rate, r.lr) == (x.loss, x.noise, x.rate, x.lr)]) == len(e.seeds)
                    for x in e.runs), f"{name}: every configuration has every seed"
@@ -59,8 +59,12 @@ def test_every_experiment_is_well_defined(root):
 
 def test_each_committed_record_matches_its_definition_and_names_its_provenance(root):
     total = 0
+    assert experiments.PENDING <= set(experiments.EXPERIMENTS)
     for name, e in experiments.EXPERIMENTS.items():
         folder = root / "book" / "records" / name
+        if name in experiments.PENDING:     # training under way: no record yet (committed, it leaves PENDING)
+            assert not folder.exists(), f"{name} has a record: take it out of experiments.PENDING"
+            continue
         results = records.Results(e, folder)          # raises where the record is stale or incomplete
         assert len(results.runs) == len(e.runs)
         evaluations = {r["run_id"]: 0 for r in results.runs}
