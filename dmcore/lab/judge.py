@@ -315,6 +315,28 @@ class Judge:
             f"{s[0]} {s[1]:g} {tests['F2', base, s].paired.fmt()} ({tests['F2', base, s].direction})" for s in self.noisy)
             for base in results)
 
+    def next_rungs(self, registered: dict, settings: list[tuple], ladder: list[float], max_rungs: int) -> dict:
+        """A widening rule's next step: for each loss of ``registered`` (loss -> its registered learning
+        rates) at each of ``settings`` whose tuned choice under a judged rule sits at the smallest or largest
+        learning rate it was trained at there, the next rung of ``ladder`` beyond, unless the ladder ends or
+        ``max_rungs`` rungs were already added beyond the registered grid on that side.
+        ``(loss, setting) -> lr``."""
+        wanted = {}
+        for loss, grid in registered.items():
+            low, high = ladder.index(grid[0]), ladder.index(grid[-1])
+            for s in settings:
+                lrs = tuning.learning_rates(self.results, loss, s)
+                if not lrs:                   # a setting the record does not hold (yet): nothing to widen
+                    continue
+                for rule in self.judged:
+                    lr = self.family(loss, s, rule).lr
+                    at = ladder.index(lr)
+                    if lr == lrs[0] and at > 0 and low - at < max_rungs:
+                        wanted.setdefault((loss, s), ladder[at - 1])
+                    elif lr == lrs[-1] and at < len(ladder) - 1 and at - high < max_rungs:
+                        wanted.setdefault((loss, s), ladder[at + 1])
+        return wanted
+
     def registered_edges(self, rule: str) -> list[tuning.Choice]:
         """Every tuned choice under ``rule`` at an edge of the grid the record was first trained with (its
         first session's runs): the grid the criteria were written for, before any widening."""

@@ -167,24 +167,11 @@ class Panel:
         rate}`` (empty where no choice sits at an edge it may still move). The registered grid is
         :data:`dmcore.lab.experiments.FASHION_LRS`."""
         rule = self.plan["widening"]
-        ladder, max_rungs = list(rule["ladder"]), rule["max_rungs"]
         wanted = {}
         for name, p in self.parts.items():
-            found = {}
-            for f in FAMILIES:
-                registered = experiments.FASHION_LRS[f]
-                low, high = ladder.index(registered[0]), ladder.index(registered[-1])
-                for s in p.noisy:
-                    lrs = tuning.learning_rates(p.results, f, s)
-                    for r in self.judged:
-                        lr = p.family(f, s, r).lr
-                        at = ladder.index(lr)
-                        if lr == lrs[0] and at > 0 and low - at < max_rungs:
-                            found.setdefault((f, *s), ladder[at - 1])
-                        elif lr == lrs[-1] and at < len(ladder) - 1 and at - high < max_rungs:
-                            found.setdefault((f, *s), ladder[at + 1])
+            found = p.next_rungs(experiments.FASHION_LRS, p.noisy, list(rule["ladder"]), rule["max_rungs"])
             if found:
-                wanted[name] = found
+                wanted[name] = {(loss, *s): lr for (loss, s), lr in found.items()}
         return wanted
 
     def provenance_lines(self) -> list[str]:

@@ -24,7 +24,7 @@ Example::
 
 from __future__ import annotations
 
-from . import experiments, judge, tuning
+from . import experiments, judge
 
 __all__ = ["Cell", "Map", "CLAIMS", "widening"]
 
@@ -133,22 +133,7 @@ class Map:
 
 
 def widening(cell: Cell, settings: list[tuple], ladder: list[float], max_rungs: int) -> dict:
-    """The addendum's widening rule in one cell: for each loss at each of ``settings`` whose tuned choice
-    under a judged rule sits at the smallest or largest learning rate it was trained at there, the next
-    rung of ``ladder`` beyond, unless the ladder ends or ``max_rungs`` rungs were already added beyond
-    the registered grid (:data:`dmcore.lab.experiments.MAP_LRS`) on that side. ``(loss, rate) -> lr``."""
-    wanted = {}
-    for loss, registered in experiments.MAP_LRS.items():
-        low, high = ladder.index(registered[0]), ladder.index(registered[-1])
-        for s in settings:
-            lrs = tuning.learning_rates(cell.results, loss, s)
-            if not lrs:                   # a noise rate the record does not hold (yet): nothing to widen
-                continue
-            for rule in cell.judged:
-                lr = cell.family(loss, s, rule).lr
-                at = ladder.index(lr)
-                if lr == lrs[0] and at > 0 and low - at < max_rungs:
-                    wanted.setdefault((loss, s[1]), ladder[at - 1])
-                elif lr == lrs[-1] and at < len(ladder) - 1 and at - high < max_rungs:
-                    wanted.setdefault((loss, s[1]), ladder[at + 1])
-    return wanted
+    """The addendum's widening rule in one cell (:meth:`dmcore.lab.judge.Judge.next_rungs` over the
+    registered grid :data:`dmcore.lab.experiments.MAP_LRS`): ``(loss, rate) -> lr``."""
+    found = cell.next_rungs(experiments.MAP_LRS, settings, ladder, max_rungs)
+    return {(loss, s[1]): lr for (loss, s), lr in found.items()}
