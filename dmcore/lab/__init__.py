@@ -20,6 +20,8 @@ One module per job:
 - :mod:`~dmcore.lab.judge`: the claims of a tuning record judged by its criteria.
 - :mod:`~dmcore.lab.regime`: the memorisation map judged cell by cell.
 - :mod:`~dmcore.lab.panel`: records that share one plan judged together (Fashion-MNIST).
+- :mod:`~dmcore.lab.procedures`: a practitioner's ways to choose a weighting from noisy labels alone,
+  judged across datasets.
 - :mod:`~dmcore.lab.verdicts`: a chapter's claim checks gathered into one verdict table.
 - :mod:`~dmcore.lab.papers`: the papers' published tables, as the book keeps them.
 - :mod:`~dmcore.lab.plotting`: the book's figure style.

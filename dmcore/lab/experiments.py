@@ -139,6 +139,17 @@ FASHION_WIDENED = {
 #: The protocol of the Fashion-MNIST records: 2000 steps of 100 images (about 4 epochs of the 48,000
 #: training images), evaluated every 500 steps.
 FASHION_PROTOCOL = train.Protocol(steps=2000, eval_every=500)
+#: The chapter "Which weighting, when" (criteria: ``book/criteria/which-weighting.toml``): CCE and DM at the
+#: settings the DM paper's Table 9 reports best at its noise rates (:func:`dmcore.lab.procedures.table9_settings`
+#: reads them from the table; a test checks that they are these), on three datasets, each record
+#: ``which-weighting-<key>`` as ``key -> (dataset, model, protocol, learning rates)``.
+WHICH_DM = ("dm:lam=0.5,beta=12", "dm:lam=1,beta=16", "dm:lam=2,beta=12")
+WHICH_NOISE = (("symmetric", (0.2, 0.4, 0.6)), ("pair", (0.4,)), ("instance", (0.4,)))
+WHICH = {"mnist1d": ("mnist1d-val0.2", "mnist1d_cnn", train.Protocol(steps=3000), (0.03, 0.1, 0.3)),
+         "digits": ("digits-val0.2", "mlp", train.Protocol(steps=2000, eval_every=100), (0.03, 0.1, 0.3)),
+         "fashion": ("fashion-mnist-val0.2", "fashion_cnn", FASHION_PROTOCOL, (0.01, 0.03, 0.1))}
+#: The learning rates the criteria's widening rule added, per record key: ``{(loss, noise, rate): rates}``.
+WHICH_WIDENED = {key: {} for key in WHICH}
 #: The other emphasis density functions of the DM paper, two settings each.
 EDF_FAMILIES = ("normal:psi=0.25,beta=8", "normal:psi=0.75,beta=8", "exponential:beta=2", "exponential:beta=-2",
                 "beta:alpha=2,eta=3", "beta:alpha=4,eta=2")
@@ -173,6 +184,17 @@ def _fashion_grid(name: str, seeds: int) -> tuple[train.Run, ...]:
     registered = tuple(train.Run(loss, scheme, rate, seed, lr) for loss, lrs in FASHION_LRS.items() for lr in lrs
                        for scheme, rates in FASHION_NOISE[name] for rate in rates for seed in range(seeds))
     widened = tuple(train.Run(loss, scheme, rate, seed, lr) for (loss, scheme, rate), lrs in FASHION_WIDENED[name].items()
+                    for lr in lrs for seed in range(seeds))
+    return registered + widened
+
+
+def _which_grid(key: str, seeds: int) -> tuple[train.Run, ...]:
+    """The runs of record ``which-weighting-<key>``: CCE and each DM setting at each learning rate of the
+    dataset, each noise setting, each seed; then the learning rates the widening rule added."""
+    losses = ("cce",) + WHICH_DM
+    registered = tuple(train.Run(loss, scheme, rate, seed, lr) for lr in WHICH[key][3] for loss in losses
+                       for scheme, rates in WHICH_NOISE for rate in rates for seed in range(seeds))
+    widened = tuple(train.Run(loss, scheme, rate, seed, lr) for (loss, scheme, rate), lrs in WHICH_WIDENED[key].items()
                     for lr in lrs for seed in range(seeds))
     return registered + widened
 
@@ -238,6 +260,13 @@ def _define() -> dict[str, Experiment]:
                    "fashion-mnist-val0.2", "fashion_cnn", FASHION_PROTOCOL, _fashion_grid(name, 5),
                    sample=1, families=tuple((loss, (loss,)) for loss in FASHION_LRS))
         for name, what in (("fashion-mnist-uniform", "symmetric"), ("fashion-mnist-dependent", "pair and instance-dependent"))]
+    experiments += [
+        Experiment(f"which-weighting-{key}", "which_weighting",
+                   f"CCE and DM at the DM paper's Table 9 settings on {dataset}, each over 3 learning rates, "
+                   "5 noise settings; criteria fixed before training (book/criteria)",
+                   dataset, model, protocol, _which_grid(key, 5), sample=1,
+                   families=(("cce", ("cce",)), ("dm", WHICH_DM)))
+        for key, (dataset, model, protocol, _) in WHICH.items()]
     for ratio in (10, 50):
         experiments += [
             Experiment(f"imbalance-lt{ratio}", "class_imbalance", f"long-tailed MNIST-1D, ratio {ratio}",
@@ -253,7 +282,8 @@ def _define() -> dict[str, Experiment]:
 EXPERIMENTS: dict[str, Experiment] = _define()
 #: Experiments defined and pre-registered whose training is under way: no record is committed and their
 #: chapter is not written yet. An experiment leaves this set in the commit that adds its record.
-PENDING = frozenset({"fashion-mnist-uniform", "fashion-mnist-dependent"})
+PENDING = frozenset({"fashion-mnist-uniform", "fashion-mnist-dependent", "which-weighting-mnist1d",
+                     "which-weighting-digits", "which-weighting-fashion"})
 
 
 def get(name) -> Experiment:

@@ -319,8 +319,10 @@ class Judge:
         """A widening rule's next step: for each loss of ``registered`` (loss -> its registered learning
         rates) at each of ``settings`` whose tuned choice under a judged rule sits at the smallest or largest
         learning rate it was trained at there, the next rung of ``ladder`` beyond, unless the ladder ends or
-        ``max_rungs`` rungs were already added beyond the registered grid on that side.
-        ``(loss, setting) -> lr``."""
+        ``max_rungs`` rungs were already added beyond the registered grid on that side. A loss of
+        ``registered`` that names one of the record's loss families is tuned as the family, any other on
+        its own (:meth:`loss`). ``(loss, setting) -> lr``."""
+        named = dict(self.results.experiment.families)
         wanted = {}
         for loss, grid in registered.items():
             low, high = ladder.index(grid[0]), ladder.index(grid[-1])
@@ -329,7 +331,7 @@ class Judge:
                 if not lrs:                   # a setting the record does not hold (yet): nothing to widen
                     continue
                 for rule in self.judged:
-                    lr = self.family(loss, s, rule).lr
+                    lr = (self.family if loss in named else self.loss)(loss, s, rule).lr
                     at = ladder.index(lr)
                     if lr == lrs[0] and at > 0 and low - at < max_rungs:
                         wanted.setdefault((loss, s), ladder[at - 1])

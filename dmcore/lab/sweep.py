@@ -38,10 +38,11 @@ __all__ = ["grid", "run_sweep", "read_csv", "read_results"]
 
 RUN_COLUMNS = ["run_id", "dataset", "model", "loss", "noise", "rate", "lr", "seed", "realised_rate", "diverged_step",
                "best_test_acc", "final_test_acc", "fit_clean", "fit_noisy", "noisy_to_true", "p_clean", "p_noisy",
-               "weight_mean", "weight_var", "logit_range", "val_acc", "val_acc_noisy", "test_ece", "final_class_acc"]
+               "weight_mean", "weight_var", "logit_range", "val_acc", "val_acc_noisy", "val_noise_est", "test_ece",
+               "final_class_acc"]
 HISTORY_FILE = "history.csv.gz"
 HISTORY_COLUMNS = ["run_id", "step", "test_acc", "fit_clean", "fit_noisy", "noisy_to_true", "p_clean", "p_noisy",
-                   "weight_mean", "weight_var", "logit_range", "val_acc", "val_acc_noisy", "test_ece"]
+                   "weight_mean", "weight_var", "logit_range", "val_acc", "val_acc_noisy", "val_noise_est", "test_ece"]
 
 
 

@@ -19,7 +19,9 @@ normalisation hold it back); the expected calibration error of its test predicti
 ``test_ece``, :func:`expected_calibration_error`); and, where the dataset has a validation split
 (:func:`dmcore.lab.data.with_validation`), the validation accuracy against the clean labels and against
 labels corrupted like the training labels (same scheme and rate, drawn from ``seed + 100003``), the
-only validation a practitioner with noisy data has; and where the dataset has a fresh test split
+only validation a practitioner with noisy data has, with the noise rate of those labels estimated from
+the run's validation probabilities and the noisy labels alone (``val_noise_est``: the confident-learning
+estimate, :func:`dmcore.lab.estimate.confident_joint`); and where the dataset has a fresh test split
 (:func:`dmcore.lab.data.with_fresh_test`), the accuracy on it (``fresh_acc``, ``final_fresh_acc`` at the
 end). At the end it also gives each class's test accuracy (``final_class_acc``).
 
@@ -56,7 +58,7 @@ from torch.func import functional_call, stack_module_state, vmap
 
 from .. import edf as edfs
 from .. import losses
-from . import models, noise
+from . import estimate, models, noise
 from .data import Dataset
 
 __all__ = ["Protocol", "Run", "LossSpec", "parse_loss", "train_runs", "clean_probs", "expected_calibration_error"]
@@ -231,11 +233,20 @@ def _metrics(specs, splits: "_Splits", logits_train, logits_test, logits_val=Non
             "logit_range": (extremes.max - extremes.min).mean().item(),
             "val_acc": nan if val_pred is None else (val_pred == splits.y_val).float().mean().item(),
             "val_acc_noisy": nan if val_pred is None else (val_pred == splits.val_observed[r]).float().mean().item(),
+            "val_noise_est": nan if logits_val is None else _noise_estimate(splits.val_observed[r], logits_val[r]),
             "test_ece": expected_calibration_error(logits_test[r], y_test),
         })
         if logits_fresh is not None:
             out[-1]["fresh_acc"] = (logits_fresh[r].argmax(1) == splits.y_fresh).float().mean().item()
     return out
+
+
+def _noise_estimate(labels: torch.Tensor, logits: torch.Tensor) -> float:
+    """The confident-learning estimate of the noise rate of ``labels (N)`` from ``logits (N, C)`` on the
+    same examples; NaN where a logit is not finite (a run on its way to diverging)."""
+    if not bool(torch.isfinite(logits).all()):
+        return float("nan")
+    return estimate.confident_joint(labels, logits.double().softmax(1)).rate
 
 
 def expected_calibration_error(logits: torch.Tensor, labels: torch.Tensor, bins: int = 15) -> float:

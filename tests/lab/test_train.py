@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from dmcore.lab import data, noise, train
+from dmcore.lab import data, estimate, noise, train
 
 SMALL = train.Protocol(steps=30, batch_size=50, lr=0.05, eval_every=10)
 
@@ -60,6 +60,30 @@ def test_validation_logit_and_class_metrics(digits):
     (plain,) = train.train_runs("mlp", digits, [train.Run("cce", "symmetric", 0.4, 0)],
                                 train.Protocol(steps=10, batch_size=50, eval_every=10))
     assert math.isnan(plain["history"][-1]["val_acc"]) and math.isnan(plain["history"][-1]["val_acc_noisy"])
+    assert math.isnan(plain["history"][-1]["val_noise_est"])
+
+
+def test_the_validation_noise_estimate_is_confident_learning_on_the_noisy_validation_labels(digits, monkeypatch):
+    """``val_noise_est`` is :func:`dmcore.lab.estimate.confident_joint` on the run's validation
+    probabilities and noisy validation labels (recomputed here from the logits the trainer saw), near the
+    rate the labels were corrupted at; NaN at an evaluation whose logits are not finite."""
+    split = data.with_validation(digits, 0.2, seed=0)
+    seen = []
+    real = train._metrics
+
+    def keeping(specs, splits, logits_train, logits_test, logits_val=None, logits_fresh=None):
+        seen.append((splits.val_observed[0].clone(), logits_val[0].clone()))
+        return real(specs, splits, logits_train, logits_test, logits_val, logits_fresh)
+
+    monkeypatch.setattr(train, "_metrics", keeping)
+    (result,) = train.train_runs("mlp", split, [train.Run("cce", "symmetric", 0.4, 0)],
+                                 train.Protocol(steps=200, batch_size=50, eval_every=100))
+    for h, (labels, logits) in zip(result["history"], seen):
+        assert h["val_noise_est"] == estimate.confident_joint(labels, logits.double().softmax(1)).rate
+    assert abs(result["history"][-1]["val_noise_est"] - 0.4) < 0.1
+    assert result["history"][0]["val_noise_est"] != result["history"][-1]["val_noise_est"]
+    logits = torch.zeros(4, 3).index_fill(0, torch.tensor([2]), math.nan)
+    assert math.isnan(train._noise_estimate(torch.tensor([0, 1, 2, 0]), logits))
 
 
 def test_clean_runs_have_no_noisy_metrics(digits):
