@@ -282,8 +282,7 @@ def _define() -> dict[str, Experiment]:
 EXPERIMENTS: dict[str, Experiment] = _define()
 #: Experiments defined and pre-registered whose training is under way: no record is committed and their
 #: chapter is not written yet. An experiment leaves this set in the commit that adds its record.
-PENDING = frozenset({"fashion-mnist-uniform", "fashion-mnist-dependent", "which-weighting-mnist1d",
-                     "which-weighting-digits", "which-weighting-fashion"})
+PENDING = frozenset({"which-weighting-mnist1d", "which-weighting-digits", "which-weighting-fashion"})
 
 
 def get(name) -> Experiment:

@@ -4,7 +4,7 @@ trained at (a choice there would leave the tuning unfinished)."""
 
 import dataclasses
 
-from dmcore.lab import criteria, experiments, judge, records as records_module, regime
+from dmcore.lab import criteria, experiments, judge, panel, records as records_module, regime
 
 
 def test_the_fair_record_has_no_choice_at_an_edge(root):
@@ -69,3 +69,37 @@ def test_the_edge_check_can_fail(root):
     J = judge.Judge(records_module.Results(narrowed, records / "label-noise-fair"),
                     criteria.load("label-noise-fair", records))
     assert {c.family for c in J.edge_choices("final")} >= {"mae"}
+
+
+def _fashion_sessions(root):
+    """The Fashion-MNIST panel's plan and, for each of its records, the record and its sessions."""
+    records = root / "book" / "records"
+    plan = criteria.load("fashion-mnist-uniform", records)
+    return plan, {name: experiments.load(name, records) for name in plan["records"]}
+
+
+def test_the_fashion_panel_widening_is_finished_and_each_round_trained_what_it_asked(root):
+    """Fashion-MNIST: the rule asks for nothing on the book's records, and replayed round by round (each
+    round one session of each record), the learning rates each round added are exactly those the rule asked
+    for, read from both records' runs trained before it."""
+    plan, parts = _fashion_sessions(root)
+    assert panel.Panel(parts, plan).widening() == {}
+    rounds = {len(results.provenance) for results in parts.values()}
+    assert rounds == {3}, rounds                        # the registered grid and two rounds
+    for k in range(1, 3):
+        before = {name: records_module.Results(dataclasses.replace(results.experiment, runs=tuple(
+            r for r in results.experiment.runs if r.run_id in {run for s in results.provenance[:k] for run in s["runs"]})),
+            results.folder) for name, results in parts.items()}
+        wanted = panel.Panel(before, plan).widening()
+        trained = {name: {(r.loss, r.noise, r.rate): r.lr for r in results.experiment.runs
+                          if r.run_id in results.provenance[k]["runs"]} for name, results in parts.items()}
+        assert trained == wanted, k
+
+
+def test_the_fashion_widening_check_can_fail(root):
+    """The Fashion-MNIST records as registered: the rule asks for the first rung below, 0.01, wherever
+    round 1 trained it."""
+    plan, parts = _fashion_sessions(root)
+    registered = panel.Panel({name: results.registered() for name, results in parts.items()}, plan)
+    first = {name: {k: lrs[0] for k, lrs in widened.items()} for name, widened in experiments.FASHION_WIDENED.items()}
+    assert registered.widening() == first != {}
