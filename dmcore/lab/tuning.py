@@ -88,13 +88,17 @@ def learning_rates(results: records.Results, losses=None, setting: tuple | None 
 def configurations(family: str, results: records.Results | None = None,
                    setting: tuple | None = None) -> list[tuple[str, float]]:
     """Every (loss, learning rate) the tuning grid gives ``family``, in grid order: the learning rates of
-    the family's runs in ``results`` (at ``setting`` where given), or of the first tuning record,
+    the family's runs in ``results`` (at ``setting`` where given; each loss at the rates it was trained
+    at, since a widening rule may widen one loss of a family alone), or of the first tuning record,
     ``label-noise-tuned``, where ``results`` is None or names no families."""
     named = families(results) if results is not None else experiments.TUNING
     if family not in named:
         raise ValueError(f"unknown loss family {family!r}: expected one of {', '.join(named)}")
-    lrs = learning_rates(results, named[family], setting) if results is not None else experiments.TUNING_LRS
-    return [(loss, lr) for lr in lrs for loss in named[family]]
+    if results is None:
+        return [(loss, lr) for lr in experiments.TUNING_LRS for loss in named[family]]
+    own = {loss: set(learning_rates(results, loss, setting)) for loss in named[family]}
+    return [(loss, lr) for lr in learning_rates(results, named[family], setting) for loss in named[family]
+            if lr in own[loss]]
 
 
 _METRICS = ("test_ece", "logit_range", "fit_clean", "fit_noisy", "p_noisy", "p_clean")

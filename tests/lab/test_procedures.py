@@ -6,7 +6,7 @@ import math
 import pytest
 from test_judge import Synthetic
 
-from dmcore.lab import criteria, experiments, procedures
+from dmcore.lab import criteria, experiments, procedures, tuning
 
 NAMES = tuple(f"which-weighting-{key}" for key in experiments.WHICH)
 TABLE = {0.2: "dm:lam=0.5,beta=12", 0.4: "dm:lam=1,beta=16", 0.6: "dm:lam=2,beta=12", 0.8: "dm:lam=2,beta=12"}
@@ -104,3 +104,15 @@ def test_a_record_without_the_estimate_or_a_setting_is_refused(plan):
     narrow = dict(plan, analysis={**plan["analysis"], "noisy": plan["analysis"]["noisy"] + [["pair", 0.2]]})
     with pytest.raises(ValueError, match="does not hold the plan's settings"):
         _procedures(narrow, matching, lambda noise, rate, seed: rate)
+
+
+def test_a_family_widened_one_loss_at_a_time_offers_each_loss_at_its_own_rates(plan):
+    """The digits record widens DM's settings apart (0.01 below (0.5, 12), 1.0 above (2, 12)): the family's
+    configurations are the (loss, rate) pairs trained, in grid order, and the choice reads only those."""
+    P = _procedures(plan, matching, lambda noise, rate, seed: rate)
+    results = P.judges[NAMES[1]].results
+    pairs = tuning.configurations("dm", results, ("symmetric", 0.2))
+    assert (TABLE[0.2], 0.01) in pairs and (TABLE[0.6], 1.0) in pairs
+    assert (TABLE[0.6], 0.01) not in pairs and (TABLE[0.2], 1.0) not in pairs
+    assert [lr for _, lr in pairs] == sorted(lr for _, lr in pairs)
+    assert P.dm_val(NAMES[1], ("symmetric", 0.2), "final").loss == TABLE[0.2]
