@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from . import alignment, records, sweep, train
 from .records import Results
 
-__all__ = ["Experiment", "EXPERIMENTS", "PENDING", "get", "scratch", "run", "install", "load"]
+__all__ = ["Experiment", "EXPERIMENTS", "PENDING", "get", "scratch", "run", "install", "load", "load_plan"]
 
 TRAINERS = {"train": train.train_runs, "alignment": alignment.train_runs}
 _CHUNK = 75   # runs trained together: the fastest per run on 2 cores (README), and a resumable unit
@@ -360,6 +360,14 @@ def install(experiment, source=None, target=None) -> pathlib.Path:
     os.replace(staging, dst)
     return dst
 
+
+
+def load_plan(plan: dict, folder=None, registered: bool = False) -> dict[str, Results]:
+    """The records a criteria ``plan`` names (``plan["records"]``), ``name -> Results``, read from ``folder``
+    (default: the book's records); with ``registered``, each record's first session alone (the grid
+    registered with the criteria, before any widening)."""
+    parts = {name: load(name, folder) for name in plan["records"]}
+    return {name: results.registered() for name, results in parts.items()} if registered else parts
 
 
 def load(experiment, folder=None) -> Results:

@@ -79,10 +79,7 @@ class Panel:
     def load(cls, plan: dict, folder=None, paper_gaps: dict | None = None, registered: bool = False) -> "Panel":
         """The panel of ``plan``'s records, read from ``folder`` (default: the book's records); with
         ``registered``, each record's first session alone (the grid before any widening)."""
-        parts = {name: experiments.load(name, folder) for name in plan["records"]}
-        if registered:
-            parts = {name: results.registered() for name, results in parts.items()}
-        return cls(parts, plan, paper_gaps)
+        return cls(experiments.load_plan(plan, folder, registered), plan, paper_gaps)
 
     def part(self, setting: tuple) -> Part:
         """The record that holds ``setting``."""

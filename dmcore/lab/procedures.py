@@ -87,10 +87,7 @@ class Procedures:
     def load(cls, plan: dict, folder=None, table: dict | None = None, registered: bool = False) -> "Procedures":
         """The procedures on ``plan``'s records, read from ``folder`` (default: the book's records); with
         ``registered``, each record's first session alone (the grid before any widening)."""
-        parts = {name: experiments.load(name, folder) for name in plan["records"]}
-        if registered:
-            parts = {name: results.registered() for name, results in parts.items()}
-        return cls(parts, plan, table)
+        return cls(experiments.load_plan(plan, folder, registered), plan, table)
 
     @property
     def names(self) -> list[str]:

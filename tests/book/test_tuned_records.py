@@ -75,7 +75,7 @@ def _fashion_sessions(root):
     """The Fashion-MNIST panel's plan and, for each of its records, the record and its sessions."""
     records = root / "book" / "records"
     plan = criteria.load("fashion-mnist-uniform", records)
-    return plan, {name: experiments.load(name, records) for name in plan["records"]}
+    return plan, experiments.load_plan(plan, records)
 
 
 def test_the_fashion_panel_widening_is_finished_and_each_round_trained_what_it_asked(root):
@@ -100,6 +100,8 @@ def test_the_fashion_widening_check_can_fail(root):
     """The Fashion-MNIST records as registered: the rule asks for the first rung below, 0.01, wherever
     round 1 trained it."""
     plan, parts = _fashion_sessions(root)
-    registered = panel.Panel({name: results.registered() for name, results in parts.items()}, plan)
+    registered = panel.Panel.load(plan, root / "book" / "records", registered=True)
+    for name, results in parts.items():
+        assert {r.run_id for r in registered.parts[name].results.experiment.runs} == set(results.provenance[0]["runs"])
     first = {name: {k: lrs[0] for k, lrs in widened.items()} for name, widened in experiments.FASHION_WIDENED.items()}
     assert registered.widening() == first != {}
