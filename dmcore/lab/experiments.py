@@ -289,8 +289,10 @@ def _define() -> dict[str, Experiment]:
 
 #: Every experiment of the book, by name.
 EXPERIMENTS: dict[str, Experiment] = _define()
-#: Experiments defined and pre-registered whose training is under way: no record is committed and their
-#: chapter is not written yet. An experiment leaves this set in the commit that adds its record.
+#: Experiments defined and pre-registered whose training is under way and whose chapter is not written yet.
+#: Their records are committed as their sessions finish (training spans working sessions, and nothing
+#: trained is lost), each holding part of the runs; ``make experiments`` resumes from them when they are
+#: copied into the scratch folder. An experiment leaves this set in the commit that completes its record.
 PENDING = frozenset({"which-weighting-mnist1d", "which-weighting-digits", "which-weighting-fashion"})
 
 

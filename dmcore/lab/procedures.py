@@ -32,10 +32,11 @@ Example::
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 from . import experiments, judge, papers, records, stats, tuning
 
-__all__ = ["TABLE9", "table9_settings", "rule_setting", "Procedures", "PROCEDURES"]
+__all__ = ["TABLE9", "table9_settings", "rule_setting", "Decision", "Procedures", "PROCEDURES"]
 
 #: The DM paper's table the rule reads: CIFAR-10, ResNet-56, symmetric noise.
 TABLE9 = "cifar10_resnet56_dm_table9.csv"
@@ -62,6 +63,25 @@ def rule_setting(estimate: float, table: dict[float, str]) -> str:
         raise ValueError(f"the noise-rate estimate is {estimate!r}: the rule needs a finite estimate "
                          "(a record trained before val_noise_est was recorded has none)")
     return table[min(sorted(table), key=lambda r: round(abs(r - estimate), 12))]
+
+
+@dataclass(frozen=True)
+class Decision:
+    """What the evidence backs at one record and noise setting (:meth:`Procedures.decision`).
+
+    ``estimate``: the seeds' noise-rate estimates (mean, lowest, highest), what a reader compares their
+    own estimate with; ``use``: the procedure to use there: ``dm-val`` where it beat ``cce-early`` under
+    every judged rule, ``cce-early`` where ``dm-val`` was worse under some rule, else ``any-val`` (no
+    difference resolved: whichever validates better, the criteria's default); ``rule``: whether choosing
+    DM's setting from the estimate is as good as tuning it (``suffices``: equivalent under every judged
+    rule; ``worse``: worse under some rule; ``unresolved`` otherwise); ``why``: the tests read."""
+
+    record: str
+    setting: tuple
+    estimate: tuple[float, float, float]
+    use: str
+    rule: str
+    why: str
 
 
 class Procedures:
@@ -248,6 +268,22 @@ class Procedures:
             if found:
                 wanted[name] = {(loss, *s): lr for (loss, s), lr in found.items()}
         return wanted
+
+    def decision(self, name: str, setting: tuple) -> Decision:
+        """The decision table's cell at record ``name`` and ``setting`` (:class:`Decision`), read from the
+        tests of claims V and R under every judged rule."""
+        setting = tuple(setting)
+        v = {rule: self.tests(rule)["V", name, setting] for rule in self.judged}
+        directions = [t.direction for t in v.values()]
+        use = ("dm-val" if all(d == "better" for d in directions) else
+               "cce-early" if "worse" in directions else "any-val")
+        r = {rule: self.tests(rule)["R", name, setting].direction for rule in self.judged}
+        equivalent = all(self.equivalence(name, setting, rule).equivalent for rule in self.judged)
+        fit = "worse" if "worse" in r.values() else "suffices" if equivalent else "unresolved"
+        estimates = self.estimates(name, setting)
+        why = "; ".join(f"{rule}: dm-val - cce-early {t.paired.fmt()}, {t.direction}" for rule, t in v.items())
+        return Decision(name, setting, (sum(estimates) / len(estimates), min(estimates), max(estimates)),
+                        use, fit, why)
 
     def provenance_lines(self) -> list[str]:
         """Each record's provenance line."""

@@ -66,6 +66,10 @@ def test_a_good_estimate_makes_the_rule_equivalent_and_dm_ahead(plan):
     assert P.dm_rule(NAMES[1], ("pair", 0.4), "early").values == P.dm_val(NAMES[1], ("pair", 0.4), "early").values
     assert P.any_val(NAMES[2], ("symmetric", 0.2), "final").family == "dm"
     assert P.widening() == {}
+    cell = P.decision(NAMES[0], ("symmetric", 0.4))
+    assert (cell.use, cell.rule) == ("dm-val", "suffices")
+    assert cell.estimate == pytest.approx((0.4, 0.38, 0.42))
+    assert cell.why.startswith("final: dm-val - cce-early +5.0")
 
 
 def test_a_biased_estimate_makes_the_rule_worse_and_the_estimate_claim_fail(plan):
@@ -74,6 +78,8 @@ def test_a_biased_estimate_makes_the_rule_worse_and_the_estimate_claim_fail(plan
     assert P.overall("R") == "does not hold"
     assert P.tests("final")["R", NAMES[0], ("symmetric", 0.6)].direction == "worse"
     assert P.overall("V") == "holds"                                        # dm-val does not read the estimate
+    assert P.decision(NAMES[0], ("symmetric", 0.6)).rule == "worse"
+    assert P.decision(NAMES[0], ("symmetric", 0.2)).rule == "suffices"
 
 
 def test_each_seed_reads_its_own_pick(plan):
@@ -91,10 +97,18 @@ def test_cce_ahead_makes_v_fail_and_an_edge_makes_it_provisional_and_asks_for_a_
                     lambda noise, rate, seed: rate, best=lambda loss, noise, rate: 1.0 if loss == "cce" else 0.1)
     assert P.overall("V") == "does not hold" and P.provisional("V", "early")
     assert P.any_val(NAMES[0], ("symmetric", 0.4), "final").family == "cce"
+    assert P.decision(NAMES[0], ("symmetric", 0.4)).use == "cce-early"
     wanted = P.widening()
     assert set(wanted) == set(NAMES)
     assert wanted[NAMES[0]] == {("cce", *s): 1.0 for s in P.settings}        # 0.3 -> the next rung, 1.0
     assert wanted[NAMES[2]] == {("cce", *s): 0.3 for s in P.settings}        # Fashion-MNIST: 0.1 -> 0.3
+
+
+def test_no_difference_leaves_the_decision_to_validation(plan):
+    P = _procedures(plan, lambda loss, noise, rate: 0.0, lambda noise, rate, seed: rate)
+    cell = P.decision(NAMES[1], ("pair", 0.4))
+    assert cell.use == "any-val" and all(P.tests(r)["V", NAMES[1], ("pair", 0.4)].direction == "unresolved"
+                                         for r in P.judged)
 
 
 def test_a_record_without_the_estimate_or_a_setting_is_refused(plan):
