@@ -149,10 +149,14 @@ WHICH = {"mnist1d": ("mnist1d-val0.2", "mnist1d_cnn", train.Protocol(steps=3000)
          "digits": ("digits-val0.2", "mlp", train.Protocol(steps=2000, eval_every=100), (0.03, 0.1, 0.3)),
          "fashion": ("fashion-mnist-val0.2", "fashion_cnn", FASHION_PROTOCOL, (0.01, 0.03, 0.1))}
 #: The learning rates the criteria's widening rule added, per record key: ``{(loss, noise, rate): rates}``,
-#: each round of the rule one session. Digits, round 1: choices at both edges of 0.03-0.3.
+#: each round of the rule one session. Digits, round 1: choices at both edges of 0.03-0.3. MNIST-1D, round 1:
+#: choices at the lower edge, 0.03.
 _ALL5 = [("symmetric", 0.2), ("symmetric", 0.4), ("symmetric", 0.6), ("pair", 0.4), ("instance", 0.4)]
 WHICH_WIDENED = {
-    "mnist1d": {},
+    "mnist1d": {("cce", "instance", 0.4): (0.01,),
+                **{("dm:lam=0.5,beta=12", *s): (0.01,) for s in _ALL5 if s != ("symmetric", 0.6)},
+                **{("dm:lam=1,beta=16", *s): (0.01,) for s in _ALL5},
+                **{("dm:lam=2,beta=12", *s): (0.01,) for s in _ALL5 if s[0] != "pair" and s[1] != 0.6}},
     "digits": {("cce", "symmetric", 0.2): (0.01,), ("cce", "symmetric", 0.4): (1.0,),
                ("cce", "symmetric", 0.6): (1.0,), ("cce", "pair", 0.4): (0.01,), ("cce", "instance", 0.4): (0.01,),
                **{("dm:lam=0.5,beta=12", *s): (0.01,) for s in _ALL5},
