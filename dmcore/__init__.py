@@ -8,6 +8,8 @@ Two wings. **The library**, what a user imports into their own training (it neve
 - :mod:`dmcore.losses`: PyTorch losses, drop-in replacements for ``nn.CrossEntropyLoss``.
 - :mod:`dmcore.edf_operator`: the EDF losses' custom operator ``dmcore::edf_loss`` (value and
   manipulated gradient) and its choice of implementation.
+- :mod:`dmcore.linear_edf`: the EDF loss of a linear layer's output without holding the logits (language
+  models' large vocabularies).
 - :mod:`dmcore.kernels`: the compiled fast paths (C on CPU, Triton on GPU) beside their drivers.
 
 **The lab**, :mod:`dmcore.lab`, the book's machinery: data, noise, models, batched training, sweeps,
@@ -22,7 +24,7 @@ matplotlib.
 import importlib
 
 __version__ = "0.1.0"
-LIBRARY = ("symbolic", "edf", "targets", "losses", "edf_operator", "kernels")
+LIBRARY = ("symbolic", "edf", "targets", "losses", "edf_operator", "linear_edf", "kernels")
 __all__ = [*LIBRARY, "lab", "noise", "data"]
 _FROM_LAB = {"noise", "data"}
 

@@ -329,26 +329,48 @@ def _normaliser(tg, cw, reduction, normalizer, group, z_given, compute, device):
     return z_given
 
 
+class _Terms(NamedTuple):
+    """An EDF loss's per-element terms on a block of logits, before the normaliser and the reduction."""
+
+    parts: _Parts
+    cw: torch.Tensor              # c w(p): the element's weight (0 where not counted)
+    values: torch.Tensor          # c w(p) H: its monitored value
+    problems: list                # the data checks (empty with check=False)
+
+
+def _terms(input, target, weight, edf, ignore_index, label_smoothing, check, path, differentiable=False) -> _Terms:
+    """The per-element terms of logits ``input`` on ``path`` (:func:`_forward` reduces them; the fused
+    linear loss :mod:`dmcore.linear_edf` computes them block by block)."""
+    compute = targets.compute_dtype(input.dtype)
+    read = functools.partial(_read_torch, differentiable=True) if differentiable else _READ[path]
+    parts = read(input, target, weight, ignore_index, label_smoothing, check, compute)
+    w, cw = _weigh(parts, edf, weight)
+    problems = parts.problems(w, edf) if check else []
+    entropy = -parts.log_p.clamp_min(math.log(torch.finfo(compute).tiny)) if parts.entropy is None else parts.entropy
+    return _Terms(parts, cw, cw * entropy, problems)
+
+
+def _eps_factor(parts, eps):
+    """``2(1 - p) / (2(1 - p) + eps)``, the code's ``2 - 2p + eps`` in place of ``2(1 - p)``."""
+    r = 2 * parts.rest()
+    return r / (r + eps)
+
+
 def _forward(input, target, weight, edf, ignore_index, reduction, normalizer, group, eps, label_smoothing, check,
              path, need_grad, z_given=None):
     """``(value, gradient or an empty tensor, Z)`` on ``path``; with ``z_given`` (the forward's ``Z``), the
     gradient as a differentiable function of ``input`` (double backward)."""
     compute = targets.compute_dtype(input.dtype)
-    read = functools.partial(_read_torch, differentiable=True) if z_given is not None else _READ[path]
-    parts = read(input, target, weight, ignore_index, label_smoothing, check, compute)
-    w, cw = _weigh(parts, edf, weight)
-    problems = parts.problems(w, edf) if check else []
-    entropy = -parts.log_p.clamp_min(math.log(torch.finfo(compute).tiny)) if parts.entropy is None else parts.entropy
-    values = cw * entropy
+    parts, cw, values, problems = _terms(input, target, weight, edf, ignore_index, label_smoothing, check, path,
+                                         differentiable=z_given is not None)
     z = _normaliser(parts.tg, cw, reduction, normalizer, group, z_given, compute, input.device)
     targets.raise_for(problems)                              # the one synchronisation (none with check=False)
     out = values if reduction == "none" else values.sum() / z if reduction == "mean" else values.sum()
     if not need_grad:
         return out.to(input.dtype), input.new_empty(0, dtype=compute), z
     k = cw * (0.5 / z)                                       # half the length of each element's gradient
-    if eps > 0:                                              # the code's 2 - 2p + eps in place of 2(1 - p)
-        r = 2 * parts.rest()
-        k = k * (r / (r + eps))
+    if eps > 0:
+        k = k * _eps_factor(parts, eps)
     return out.to(input.dtype), parts.gradient(k), z
 
 

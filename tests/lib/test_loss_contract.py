@@ -338,8 +338,8 @@ def test_fullgraph_compile_of_a_model_and_its_loss(batch):
 # ---------------------------------------------------------------- documentation
 
 def test_the_docstring_examples_run():
-    from dmcore import targets
-    for module in (losses, edf, targets):
+    from dmcore import linear_edf, targets
+    for module in (losses, edf, targets, linear_edf):
         result = doctest.testmod(module, optionflags=doctest.NORMALIZE_WHITESPACE)
         assert result.failed == 0 and (module is targets or result.attempted > 0)
 

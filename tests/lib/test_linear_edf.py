@@ -1,0 +1,230 @@
+"""dmcore.linear_edf: the fused linear + EDF loss against the materialised reference (``edf_loss`` on
+``hidden @ weight.T + bias``, differentiated by autograd), against ``F.linear_cross_entropy`` for the
+natural cross-entropy weight, and its memory bound (peak resident memory of a process)."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from dmcore import edf, linear_edf, losses
+
+EDFS = {"cce": edf.cce(), "mae": edf.mae(), "gce": edf.gce(0.7), "imae": edf.imae(8), "dm": edf.dm(0.5, 8),
+        "poly1": edf.poly1(1.0), "dft": edf.from_sympy("2 * p * (1 - p)", "dft"),          # DFT: CE weighted by p
+        "user": edf.from_callable(lambda p: 1 + torch.sin(3 * p) ** 2, "user")}
+
+
+def _inputs(n=37, h=5, v=11, dtype=torch.float64, seed=0, bias=True):
+    g = torch.Generator().manual_seed(seed)
+    hidden = torch.randn(n, h, generator=g, dtype=torch.float64).to(dtype)
+    weight = (2 * torch.randn(v, h, generator=g, dtype=torch.float64)).to(dtype)
+    b = torch.randn(v, generator=g, dtype=torch.float64).to(dtype) if bias else None
+    target = torch.randint(0, v, (n,), generator=g)
+    return hidden, weight, b, target
+
+
+def _grads(fn, hidden, weight, bias, upstream=None):
+    """The value and the gradients of ``fn(hidden, weight, bias)`` w.r.t. the three (``None`` for no bias)."""
+    leaves = [x.detach().clone().requires_grad_() if x is not None else None for x in (hidden, weight, bias)]
+    value = fn(*leaves)
+    (value if upstream is None else value * upstream).sum().backward()
+    return [value.detach()] + [x.grad if x is not None else None for x in leaves]
+
+
+def _reference(edf_, target, **kw):
+    class_weight = kw.pop("class_weight", None)
+    return lambda h, w, b: losses.edf_loss(F.linear(h, w, b), target, edf_, weight=class_weight, **kw)
+
+
+def _fused(edf_, target, **kw):
+    return lambda h, w, b: linear_edf.linear_edf_loss(h, w, target, edf_, bias=b, **kw)
+
+
+def _close(a, b, rtol, atol):
+    for x, y in zip(a, b):
+        if x is None or y is None:
+            assert x is None and y is None
+        else:
+            torch.testing.assert_close(x, y, rtol=rtol, atol=atol)
+
+
+@pytest.mark.parametrize("name", list(EDFS))
+@pytest.mark.parametrize("reduction,normalizer", [("mean", "batch"), ("mean", "count"), ("sum", "batch"),
+                                                  ("none", "batch")])
+def test_every_edf_and_reduction_equals_the_materialised_loss_in_float64(name, reduction, normalizer):
+    hidden, weight, bias, target = _inputs()
+    upstream = torch.rand(len(target), dtype=torch.float64) + 0.5 if reduction == "none" else None
+    kw = dict(reduction=reduction, normalizer=normalizer)
+    expected = _grads(_reference(EDFS[name], target, **kw), hidden, weight, bias, upstream)
+    got = _grads(_fused(EDFS[name], target, chunk_size=8, **kw), hidden, weight, bias, upstream)
+    _close(got, expected, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("options", [
+    {"eps": 1e-6}, {"ignore_index": 3}, {"class_weight": "random"}, {"label_smoothing": 0.1},
+    {"label_smoothing": 0.2, "class_weight": "random", "ignore_index": 3}, {"check": False},
+    {"normalizer": "count", "class_weight": "random", "ignore_index": 3}], ids=str)
+@pytest.mark.parametrize("name", ["cce", "dm", "gce"])
+def test_each_option_equals_the_materialised_loss_in_float64(name, options):
+    hidden, weight, bias, target = _inputs(n=41, v=9)
+    options = dict(options)
+    if options.get("class_weight") == "random":
+        options["class_weight"] = torch.rand(9, generator=torch.Generator().manual_seed(1), dtype=torch.float64) + 0.1
+    if "ignore_index" in options:        # every fourth row ignored (and any other row labelled 3)
+        target = torch.where(torch.arange(41) % 4 == 0, options["ignore_index"], target)
+    expected = _grads(_reference(EDFS[name], target, **dict(options)), hidden, weight, bias)
+    got = _grads(_fused(EDFS[name], target, chunk_size=6, **options), hidden, weight, bias)
+    _close(got, expected, rtol=1e-10, atol=1e-12)
+
+
+def test_all_ignored_rows_give_zero_loss_and_gradient():
+    hidden, weight, bias, target = _inputs(n=9)
+    target = torch.full_like(target, -100)
+    value, dh, dw, db = _grads(_fused(EDFS["dm"], target, chunk_size=4), hidden, weight, bias)
+    assert value.item() == 0 and not dh.any() and not dw.any() and not db.any()
+
+
+@pytest.mark.parametrize("n,v,chunk", [(1, 2, None), (5, 2, 2), (1, 7, 3), (64, 3, 1), (10, 13, 10), (10, 13, 64)])
+def test_odd_shapes_and_blocks(n, v, chunk):
+    hidden, weight, bias, target = _inputs(n=n, v=v)
+    for name in ("cce", "dm"):
+        expected = _grads(_reference(EDFS[name], target), hidden, weight, bias)
+        got = _grads(_fused(EDFS[name], target, chunk_size=chunk), hidden, weight, bias)
+        _close(got, expected, rtol=1e-10, atol=1e-12)
+
+
+def test_leading_dimensions_unbatched_input_and_no_bias():
+    hidden, weight, _, target = _inputs(n=12, bias=False)
+    h3, t3 = hidden.view(3, 4, -1), target.view(3, 4)
+    expected = _grads(_reference(EDFS["dm"], target, reduction="none"), hidden, weight, None)
+    got = _grads(_fused(EDFS["dm"], t3, reduction="none", chunk_size=5), h3, weight, None)
+    assert got[0].shape == (3, 4)
+    _close([got[0].reshape(-1), got[1].reshape(12, -1), got[2]], expected[:3], rtol=1e-10, atol=1e-12)
+    one = linear_edf.linear_edf_loss(hidden[0], weight, target[0], EDFS["cce"], reduction="none")
+    assert one.shape == () and torch.allclose(one, losses.edf_loss(weight @ hidden[0], target[0], EDFS["cce"],
+                                                                   reduction="none"), rtol=1e-12, atol=0)
+
+
+@pytest.mark.parametrize("dtype,rtol,atol", [(torch.float32, 1e-5, 1e-6), (torch.bfloat16, 2e-2, 2e-3)])
+@pytest.mark.parametrize("name", ["cce", "dm"])
+def test_low_precision_against_the_materialised_loss(dtype, rtol, atol, name):
+    """float32 (the C kernel's path on CPU) and bfloat16 (multiplied in bfloat16, terms in float32) against
+    the materialised loss in the same dtype; the bfloat16 tolerance is that of its 8-bit mantissa, over
+    sums of a few hundred products."""
+    hidden, weight, bias, target = _inputs(n=300, h=32, v=70, dtype=dtype)
+    expected = _grads(_reference(EDFS[name], target), hidden, weight, bias)
+    got = _grads(_fused(EDFS[name], target, chunk_size=64), hidden, weight, bias)
+    assert all(x.dtype == dtype for x in got)
+    _close([x.float() for x in got], [x.float() for x in expected], rtol=rtol, atol=atol)
+
+
+@pytest.mark.parametrize("kw", [{}, {"reduction": "sum"}, {"reduction": "none"}, {"label_smoothing": 0.1},
+                                {"weight": "random", "ignore_index": 2}], ids=str)
+def test_the_natural_weight_is_pytorchs_linear_cross_entropy(kw):
+    """CCE's weight with the count normaliser: the gradients of ``F.linear_cross_entropy`` (the value an EDF
+    loss returns is the emphasis-weighted cross-entropy, for monitoring: :mod:`dmcore.losses`)."""
+    hidden, weight, bias, target = _inputs(n=50, v=12)
+    kw = dict(kw)
+    if kw.get("weight") == "random":
+        kw["weight"] = torch.rand(12, generator=torch.Generator().manual_seed(2), dtype=torch.float64) + 0.1
+    upstream = torch.rand(50, dtype=torch.float64) if kw.get("reduction") == "none" else None
+    expected = _grads(lambda h, w, b: F.linear_cross_entropy(h, w, target, linear_bias=b, **kw), hidden, weight,
+                      bias, upstream)
+    ours = {("class_weight" if k == "weight" else k): v for k, v in kw.items()}
+    got = _grads(_fused(EDFS["cce"], target, normalizer="count", chunk_size=16, **ours), hidden, weight, bias,
+                 upstream)
+    _close(got[1:], expected[1:], rtol=1e-10, atol=1e-12)   # the gradients; the value is the monitored one
+
+
+def test_the_module_matches_the_function_and_keeps_its_class_weight():
+    hidden, weight, bias, target = _inputs()
+    cw = torch.rand(11, dtype=torch.float64) + 0.5
+    module = linear_edf.LinearEDFLoss(EDFS["dm"], class_weight=cw, eps=1e-6, chunk_size=7)
+    assert torch.equal(module.class_weight, cw)
+    a = module(hidden, weight, target, bias=bias)
+    b = linear_edf.linear_edf_loss(hidden, weight, target, EDFS["dm"], bias=bias, class_weight=cw, eps=1e-6)
+    torch.testing.assert_close(a, b, rtol=1e-12, atol=0)
+    with pytest.raises(TypeError, match="unknown options"):
+        linear_edf.LinearEDFLoss(EDFS["dm"], weight=cw)
+
+
+def test_bad_input_raises_a_clear_error():
+    hidden, weight, bias, target = _inputs()
+    fn = linear_edf.linear_edf_loss
+    with pytest.raises(ValueError, match="weight must have shape"):
+        fn(hidden, weight.t(), target, EDFS["cce"])
+    with pytest.raises(ValueError, match="target shape"):
+        fn(hidden, weight, target[:-1], EDFS["cce"])
+    with pytest.raises(TypeError, match="class-index targets only"):
+        fn(hidden, weight, torch.rand(37, 11, dtype=torch.float64), EDFS["cce"])
+    with pytest.raises(ValueError, match="bias must be"):
+        fn(hidden, weight, target, EDFS["cce"], bias=bias[:-1])
+    with pytest.raises(ValueError, match="share dtype"):
+        fn(hidden.float(), weight, target, EDFS["cce"])
+    with pytest.raises(ValueError, match="chunk_size"):
+        fn(hidden, weight, target, EDFS["cce"], chunk_size=0)
+    with pytest.raises(ValueError, match="at least 2 classes"):       # as edf_loss on (N, 1) logits
+        fn(hidden, weight[:1], torch.zeros_like(target), EDFS["cce"])
+    with pytest.raises(ValueError, match=r"targets? .*outside|out of range|\[0, 11\)"):
+        fn(hidden, weight, torch.where(target == 0, 11, target), EDFS["cce"])
+    bad = hidden.clone()
+    bad[3, 0] = float("nan")
+    with pytest.raises(ValueError, match="NaN|non-finite"):
+        fn(bad, weight, target, EDFS["dm"], chunk_size=2)
+
+
+def test_backward_twice_is_refused_with_a_message():
+    hidden, weight, bias, target = _inputs()
+    w = weight.clone().requires_grad_()
+    loss = linear_edf.linear_edf_loss(hidden, w, target, EDFS["dm"])
+    loss.backward(retain_graph=True)
+    with pytest.raises(RuntimeError, match="computed once"):
+        loss.backward()
+
+
+_PEAK = r"""
+import json, sys, torch
+from dmcore import edf, linear_edf, losses
+torch.manual_seed(0)
+n, h, v, fused = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), sys.argv[4] == "fused"
+hidden = torch.randn(n, h, requires_grad=True)
+weight = torch.randn(v, h, requires_grad=True)
+target = torch.randint(0, v, (n,))
+def rss(field):
+    for line in open("/proc/self/status"):
+        if line.startswith(field):
+            return int(line.split()[1]) * 1024
+if fused:          # warm up once at a small size: the kernels' first use loads code
+    linear_edf.linear_edf_loss(hidden[:8], weight, target[:8], edf.dm(0.5, 8)).backward()
+else:
+    losses.edf_loss(hidden[:8] @ weight.T, target[:8], edf.dm(0.5, 8)).backward()
+hidden.grad = weight.grad = None
+hidden.grad, weight.grad = torch.zeros_like(hidden), torch.zeros_like(weight)
+open("/proc/self/clear_refs", "w").write("5")     # reset the peak to the current resident size
+base = rss("VmRSS:")
+if fused:
+    linear_edf.linear_edf_loss(hidden, weight, target, edf.dm(0.5, 8)).backward()
+else:
+    losses.edf_loss(hidden @ weight.T, target, edf.dm(0.5, 8)).backward()
+print(json.dumps({"extra": rss("VmHWM:") - base, "logits": n * v * 4}))
+"""
+
+
+def _peak(kind, n=16384, h=32, v=8192):
+    out = subprocess.run([sys.executable, "-c", _PEAK, str(n), str(h), str(v), kind], capture_output=True, text=True,
+                         check=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    return json.loads(out.stdout)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads the peak resident size from /proc")
+def test_peak_extra_memory_is_an_eighth_of_the_logits():
+    """The process's peak resident memory above its size before the call (inputs and gradient buffers
+    allocated): the fused loss at 16384 tokens x 8192 classes (512 MB of float32 logits) stays under
+    1/8 of the logits; the materialised loss, the measurement's check, takes more than the logits."""
+    fused, plain = _peak("fused"), _peak("plain")
+    assert fused["extra"] < fused["logits"] / 8, fused
+    assert plain["extra"] > plain["logits"], plain
