@@ -343,7 +343,12 @@ def _terms(input, target, weight, edf, ignore_index, label_smoothing, check, pat
     linear loss :mod:`dmcore.linear_edf` computes them block by block)."""
     compute = targets.compute_dtype(input.dtype)
     read = functools.partial(_read_torch, differentiable=True) if differentiable else _READ[path]
-    parts = read(input, target, weight, ignore_index, label_smoothing, check, compute)
+    return _weighed(read(input, target, weight, ignore_index, label_smoothing, check, compute), edf, weight, check,
+                    compute)
+
+
+def _weighed(parts, edf, weight, check, compute) -> _Terms:
+    """The terms of the parts a path read: the weights, the data checks and the values."""
     w, cw = _weigh(parts, edf, weight)
     problems = parts.problems(w, edf) if check else []
     entropy = -parts.log_p.clamp_min(math.log(torch.finfo(compute).tiny)) if parts.entropy is None else parts.entropy

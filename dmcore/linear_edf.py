@@ -21,14 +21,23 @@ end, so the logits are computed once (the backward pass only scales the stored g
 upstream gradient). For ``'none'`` the upstream gradient differs per row and is known only in the
 backward pass, which computes the logits again, block by block.
 
-Each block runs the same per-element terms as :func:`dmcore.losses.edf_loss` on its logits
-(:func:`dmcore.edf_operator._terms`: the C kernel for float32 on CPU, PyTorch's ops otherwise), so
-the two agree to rounding, for every EDF and option. Extra memory: a block's logits and its
-gradient (``chunk_size`` rows, about two blocks of ``chunk_size x V`` in the compute dtype, three
-with label smoothing or a different input dtype), and a few numbers per row; never ``N x V``.
-float16 and bfloat16 inputs are multiplied in their dtype and the terms computed in float32, as
-:func:`~dmcore.losses.edf_loss` computes them for such logits; the weight's and bias's gradients
-are accumulated in their own dtype.
+Two ways to run it (:func:`implementation`). **Blocks** (CPU, and wherever Triton is not used): each
+block's logits by ``F.linear``, then the same per-element terms as :func:`dmcore.losses.edf_loss` on
+them (:func:`dmcore.edf_operator._terms`: the C kernel for float32 on CPU, PyTorch's ops
+otherwise), so the two agree to rounding, for every EDF and option. **Fused** (CUDA with Triton,
+float16/bfloat16/float32, no label smoothing): the Triton kernels of
+:mod:`dmcore.kernels.linear_edf_triton` compute each tile of logits in registers, once for the
+per-row statistics and once more for the gradients, which they add up atomically (so the last bits
+of a float32 sum may differ from run to run); the logits are kept in float32, not rounded to
+half precision as materialised half-precision logits are. Either way the weights ``w(p)``, the
+normaliser and the reduction act on ``N`` numbers in PyTorch, so any EDF runs unchanged.
+
+Extra memory, blocks: a block's logits and its gradient (``chunk_size`` rows, about two blocks of
+``chunk_size x V`` in the compute dtype, three with label smoothing or a different input dtype), and
+a few numbers per row; fused: float32 buffers for the three gradients and four numbers per row;
+never ``N x V``. With blocks, float16 and bfloat16 inputs are multiplied in their dtype and the
+terms computed in float32, as :func:`~dmcore.losses.edf_loss` computes them for such logits, and the
+weight's and bias's gradients are accumulated in their own dtype.
 
 Conventions as for :func:`dmcore.losses.edf_loss` (``ignore_index``, class weights, reductions,
 normalisers, ``eps``, label smoothing, the data-parallel normaliser, ``check``), with class-index
@@ -55,6 +64,7 @@ Example::
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -63,7 +73,7 @@ import torch.nn as nn
 from . import edf_operator, losses, targets
 from .edf import EDF
 
-__all__ = ["linear_edf_loss", "LinearEDFLoss", "CHUNK_ELEMENTS", "chunk_rows"]
+__all__ = ["linear_edf_loss", "LinearEDFLoss", "CHUNK_ELEMENTS", "chunk_rows", "implementation"]
 
 #: The default block: as many rows as keep a block of logits at about this many elements (16 MB in float32).
 CHUNK_ELEMENTS = 1 << 22
@@ -102,6 +112,39 @@ def _check(hidden, weight, bias, target, chunk_size):
     return logits, target.reshape(-1) if torch.is_tensor(target) else target
 
 
+def _fused():
+    """The fused Triton kernels' module, imported on first use (Triton reads ``TRITON_INTERPRET`` then)."""
+    from .kernels import linear_edf_triton
+    return linear_edf_triton
+
+
+def implementation(hidden: torch.Tensor, impl: str = "auto", label_smoothing: float = 0.0) -> str:
+    """How :func:`linear_edf_loss` runs: ``'fused'`` (the Triton kernels of
+    :mod:`dmcore.kernels.linear_edf_triton`, logits never stored) or ``'blocks'`` (blocks of rows, each
+    block's logits by ``F.linear`` and its terms on the path ``impl`` chooses for them,
+    :func:`dmcore.edf_operator.implementation`).
+
+    ``impl='auto'`` takes the fused kernels for float16, bfloat16 and float32 on CUDA without label
+    smoothing where Triton is installed, blocks otherwise; ``'triton'`` requires the fused kernels
+    (on CPU tensors under ``TRITON_INTERPRET=1``); ``'c'`` and ``'torch'`` take blocks."""
+    if impl not in edf_operator.IMPLS:
+        raise ValueError(f"impl must be one of {edf_operator.IMPLS}, got {impl!r}")
+    if impl in ("c", "torch"):
+        return "blocks"
+    from .kernels import edf_triton
+    fits = (edf_triton.available() and hidden.dtype in (torch.float16, torch.bfloat16, torch.float32)
+            and label_smoothing == 0 and (impl == "triton" or hidden.device.type == "cuda")
+            and _fused().usable_on(hidden.device))
+    if impl == "triton":
+        if not edf_triton.available():
+            raise RuntimeError("impl='triton' needs Triton: pip install 'dmcore[triton]'")
+        if not fits:
+            raise ValueError("impl='triton' needs float16, bfloat16 or float32 inputs without label smoothing, on "
+                             f"CUDA (or on CPU under TRITON_INTERPRET=1), got {hidden.dtype} on {hidden.device}"
+                             + (f" with label_smoothing={label_smoothing}" if label_smoothing else ""))
+    return "fused" if fits else "blocks"
+
+
 def _blocks(n, rows):
     return [(start, min(start + rows, n)) for start in range(0, n, rows)]
 
@@ -132,9 +175,28 @@ def _accumulate(grads, terms, k, h, weight, start, end):
         db.add_(g.sum(0))
 
 
+def _fused_terms(hidden, weight, bias, target, p):
+    """The per-row terms from the fused statistics kernel, and the rows' ``L`` for its gradient kernel."""
+    compute = targets.compute_dtype(hidden.dtype)
+    prob, log_p, rest, lse, index = _fused().statistics(hidden, weight, bias, target, p["ignore_index"])
+    shape = hidden.new_empty((1, 1)).expand(hidden.shape[0], weight.shape[0])   # the logits' stand-in
+    tg = edf_operator._kernel_targets(shape, index, prob, p["class_weight"], p["ignore_index"], p["check"], compute)
+    problems = functools.partial(edf_operator._kernel_problems, shape, target, p["class_weight"], p["ignore_index"],
+                                 compute, tg, prob)
+    parts = edf_operator._Parts(tg, prob, log_p, lambda: rest, None, problems, None)
+    return edf_operator._weighed(parts, p["edf"], p["class_weight"], p["check"], compute), lse, index
+
+
+def _fused_gradients(hidden, weight, bias, index, lse, k, counted, wanted):
+    out = _fused().gradients(hidden, weight, bias, index, lse, torch.where(counted, k, 0.0), wanted)
+    return [g.to(x.dtype) if g is not None else None for g, x in zip(out, (hidden, weight, bias))]
+
+
 class _LinearEDF(torch.autograd.Function):
     @staticmethod
     def forward(ctx, hidden, weight, bias, target, p):
+        if p["path"] == "fused":
+            return _LinearEDF._forward_fused(ctx, hidden, weight, bias, target, p)
         n, compute = hidden.shape[0], targets.compute_dtype(hidden.dtype)
         wanted = ctx.needs_input_grad[:3]
         need_grad = any(wanted)
@@ -175,6 +237,30 @@ class _LinearEDF(torch.autograd.Function):
         return out.to(hidden.dtype)
 
     @staticmethod
+    def _forward_fused(ctx, hidden, weight, bias, target, p):
+        wanted = tuple(ctx.needs_input_grad[:3])
+        terms, lse, index = _fused_terms(hidden, weight, bias, target, p)
+        tg = terms.parts.tg
+        total = terms.cw.sum() if p["normalizer"] == "batch" else (tg.count if tg.count is not None else tg.c).sum()
+        if p["reduction"] == "mean":
+            z = edf_operator._synced(total, p["group"])
+            z = torch.where(z > 0, z, torch.ones_like(z))
+        else:
+            z = torch.ones_like(total)
+        targets.raise_for(terms.problems)
+        values = terms.values
+        out = values if p["reduction"] == "none" else values.sum() / z if p["reduction"] == "mean" else values.sum()
+        k = _scale(terms, terms.cw * (0.5 / z), p["eps"])
+        ctx.grads, ctx.kept = None, None
+        if any(wanted) and p["reduction"] != "none":
+            ctx.grads = _fused_gradients(hidden, weight, bias, index, lse, k, tg.counted, wanted)
+        elif any(wanted):
+            ctx.kept = (k, lse, index, tg.counted)
+        ctx.p = p
+        ctx.save_for_backward(hidden, weight, bias, target)
+        return out.to(hidden.dtype)
+
+    @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_out):
         p = ctx.p
@@ -189,6 +275,10 @@ class _LinearEDF(torch.autograd.Function):
         hidden, weight, bias, target = ctx.saved_tensors
         wanted = ctx.needs_input_grad[:3]
         compute = targets.compute_dtype(hidden.dtype)
+        if p["path"] == "fused":
+            k, lse, index, counted = ctx.kept
+            return (*_fused_gradients(hidden, weight, bias, index, lse, k * grad_out.reshape(-1).to(compute),
+                                      counted, wanted), None, None)
         grads = [torch.empty_like(hidden) if wanted[0] else None, torch.zeros_like(weight) if wanted[1] else None,
                  torch.zeros_like(bias) if bias is not None and wanted[2] else None]
         g_rows = grad_out.reshape(-1).to(compute)
@@ -254,6 +344,7 @@ def linear_edf_loss(hidden, weight, target, edf: EDF, *, bias=None, class_weight
     params = {"edf": edf, "class_weight": class_weight, "ignore_index": int(ignore_index), "reduction": reduction,
               "normalizer": normalizer, "eps": float(eps), "label_smoothing": float(label_smoothing),
               "check": bool(check), "impl": impl, "rows": chunk_rows(h.shape[0], weight.shape[0], chunk_size),
+              "path": implementation(hidden, impl, label_smoothing),
               "group": edf_operator.group_key(sync_normalizer and need_grad and reduction == "mean", process_group)}
     out = _LinearEDF.apply(h, weight, bias, flat, params)
     return out.reshape(hidden.shape[:-1]) if reduction == "none" else out

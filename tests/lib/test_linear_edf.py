@@ -2,6 +2,7 @@
 ``hidden @ weight.T + bias``, differentiated by autograd), against ``F.linear_cross_entropy`` for the
 natural cross-entropy weight, and its memory bound (peak resident memory of a process)."""
 
+import importlib.util
 import json
 import os
 import subprocess
@@ -45,11 +46,19 @@ def _fused(edf_, target, **kw):
 
 
 def _close(a, b, rtol, atol):
+    """Values and gradients alike: ``atol`` is relative to each tensor's largest magnitude (a gradient
+    entry is a sum whose terms can cancel: its rounding scales with the terms, not with the sum)."""
     for x, y in zip(a, b):
         if x is None or y is None:
             assert x is None and y is None
         else:
-            torch.testing.assert_close(x, y, rtol=rtol, atol=atol)
+            torch.testing.assert_close(x, y, rtol=rtol, atol=atol * max(float(y.abs().max()), 1.0) if y.numel()
+                                       else atol)
+
+
+def _upstream(n, device="cpu"):
+    """A non-uniform upstream gradient for ``reduction='none'``, seeded."""
+    return (torch.rand(n, generator=torch.Generator().manual_seed(5), dtype=torch.float64) + 0.5).to(device)
 
 
 @pytest.mark.parametrize("name", list(EDFS))
@@ -57,7 +66,7 @@ def _close(a, b, rtol, atol):
                                                   ("none", "batch")])
 def test_every_edf_and_reduction_equals_the_materialised_loss_in_float64(name, reduction, normalizer):
     hidden, weight, bias, target = _inputs()
-    upstream = torch.rand(len(target), dtype=torch.float64) + 0.5 if reduction == "none" else None
+    upstream = _upstream(len(target)) if reduction == "none" else None
     kw = dict(reduction=reduction, normalizer=normalizer)
     expected = _grads(_reference(EDFS[name], target, **kw), hidden, weight, bias, upstream)
     got = _grads(_fused(EDFS[name], target, chunk_size=8, **kw), hidden, weight, bias, upstream)
@@ -131,7 +140,7 @@ def test_the_natural_weight_is_pytorchs_linear_cross_entropy(kw):
     kw = dict(kw)
     if kw.get("weight") == "random":
         kw["weight"] = torch.rand(12, generator=torch.Generator().manual_seed(2), dtype=torch.float64) + 0.1
-    upstream = torch.rand(50, dtype=torch.float64) if kw.get("reduction") == "none" else None
+    upstream = _upstream(50) if kw.get("reduction") == "none" else None
     expected = _grads(lambda h, w, b: F.linear_cross_entropy(h, w, target, linear_bias=b, **kw), hidden, weight,
                       bias, upstream)
     ours = {("class_weight" if k == "weight" else k): v for k, v in kw.items()}
@@ -228,3 +237,79 @@ def test_peak_extra_memory_is_an_eighth_of_the_logits():
     fused, plain = _peak("fused"), _peak("plain")
     assert fused["extra"] < fused["logits"] / 8, fused
     assert plain["extra"] > plain["logits"], plain
+
+
+# ---------------------------------------------------------------- the fused Triton kernels
+
+TRITON_DEVICE = "cuda" if torch.cuda.is_available() else "cpu"     # on CPU: under TRITON_INTERPRET=1 (conftest)
+needs_triton = pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="Triton is not installed")
+
+
+@needs_triton
+def test_the_fused_path_is_taken_where_it_applies():
+    hidden, weight, bias, target = _inputs(dtype=torch.float32)
+    assert linear_edf.implementation(hidden.to(TRITON_DEVICE), "triton") == "fused"
+    assert linear_edf.implementation(hidden, "c") == "blocks"
+    with pytest.raises(ValueError, match="impl='triton' needs float16, bfloat16 or float32"):
+        linear_edf.linear_edf_loss(hidden.double(), weight.double(), target, EDFS["dm"], impl="triton")
+    with pytest.raises(ValueError, match="label_smoothing"):
+        linear_edf.linear_edf_loss(hidden, weight, target, EDFS["dm"], impl="triton", label_smoothing=0.1)
+
+
+@needs_triton
+@pytest.mark.parametrize("name", ["cce", "dm", "gce", "dft"])
+@pytest.mark.parametrize("reduction,normalizer", [("mean", "batch"), ("mean", "count"), ("sum", "batch"),
+                                                  ("none", "batch")])
+@pytest.mark.parametrize("shape", [(37, 20, 11), (16, 16, 16), (1, 33, 2), (5, 7, 50)], ids=str)
+def test_the_fused_kernels_equal_the_materialised_loss_in_float32(name, reduction, normalizer, shape):
+    """Shapes that are and are not multiples of the 16-wide tiles (V = 2 and 50, H = 7 and 33, N = 1)."""
+    n, h, v = shape
+    hidden, weight, bias, target = (x.to(TRITON_DEVICE) if x is not None else None
+                                    for x in _inputs(n=n, h=h, v=v, dtype=torch.float32))
+    upstream = _upstream(n, TRITON_DEVICE).float() if reduction == "none" else None
+    kw = dict(reduction=reduction, normalizer=normalizer)
+    expected = _grads(_reference(EDFS[name], target, impl="torch", **kw), hidden, weight, bias, upstream)
+    got = _grads(_fused(EDFS[name], target, impl="triton", **kw), hidden, weight, bias, upstream)
+    _close(got, expected, rtol=2e-5, atol=2e-6)
+
+
+@needs_triton
+@pytest.mark.parametrize("options", [{"eps": 1e-6}, {"ignore_index": 3}, {"class_weight": "random"},
+                                     {"check": False}, {"bias": None}], ids=str)
+def test_the_fused_kernels_take_every_option(options):
+    hidden, weight, bias, target = (x.to(TRITON_DEVICE) for x in _inputs(n=41, h=18, v=9, dtype=torch.float32))
+    options = dict(options)
+    if options.pop("bias", bias) is None:
+        bias = None
+    if options.get("class_weight") == "random":
+        options["class_weight"] = torch.rand(9, generator=torch.Generator().manual_seed(1)).to(TRITON_DEVICE) + 0.1
+    if "ignore_index" in options:
+        target = torch.where(torch.arange(41, device=TRITON_DEVICE) % 4 == 0, options["ignore_index"], target)
+    expected = _grads(_reference(EDFS["dm"], target, impl="torch", **dict(options)), hidden, weight, bias)
+    got = _grads(_fused(EDFS["dm"], target, impl="triton", **options), hidden, weight, bias)
+    _close(got, expected, rtol=2e-5, atol=2e-6)
+
+
+@needs_triton
+def test_the_fused_kernels_in_bfloat16_and_with_every_row_ignored():
+    """bfloat16 inputs: the fused kernels keep the logits in float32 (the materialised loss rounds them
+    to bfloat16 first), so they are compared with the exact loss of the same inputs, in float64, to
+    the rounding of bfloat16 outputs (8 bits)."""
+    hidden, weight, bias, target = (x.to(TRITON_DEVICE) for x in _inputs(n=40, h=32, v=24, dtype=torch.bfloat16))
+    exact = _grads(_reference(EDFS["dm"], target), hidden.double(), weight.double(), bias.double())
+    got = _grads(_fused(EDFS["dm"], target, impl="triton"), hidden, weight, bias)
+    assert all(x.dtype == torch.bfloat16 for x in got)
+    _close([x.double() for x in got], exact, rtol=1e-2, atol=1e-3)
+    value, dh, dw, db = _grads(_fused(EDFS["dm"], torch.full_like(target, -100), impl="triton"), hidden, weight, bias)
+    assert value.item() == 0 and not dh.any() and not dw.any() and not db.any()
+
+
+@needs_triton
+def test_the_fused_kernels_report_bad_input():
+    hidden, weight, bias, target = (x.to(TRITON_DEVICE) for x in _inputs(n=8, h=16, v=6, dtype=torch.float32))
+    with pytest.raises(ValueError, match=r"\[0, 6\)|outside|out of range"):
+        linear_edf.linear_edf_loss(hidden, weight, torch.where(target == 0, 6, target), EDFS["dm"], impl="triton")
+    bad = hidden.clone()
+    bad[2, 1] = float("nan")
+    with pytest.raises(ValueError, match="NaN|non-finite"):
+        linear_edf.linear_edf_loss(bad, weight, target, EDFS["dm"], impl="triton")
