@@ -229,6 +229,7 @@ def _peak(kind, n=16384, h=32, v=8192):
     return json.loads(out.stdout)
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads the peak resident size from /proc")
 def test_peak_extra_memory_is_an_eighth_of_the_logits():
     """The process's peak resident memory above its size before the call (inputs and gradient buffers
