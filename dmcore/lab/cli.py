@@ -3,6 +3,7 @@
     python -m dmcore bench [--device cpu|cuda] [--repeats 20] [--shapes 4096x1000,65536x10] [--threads N]
         [--dtype float32|float16|bfloat16] [--impl auto|torch|c|triton]
     python -m dmcore bench --model fashion_cnn [--runs 1,10,40] [--repeats 10] [--threads N]
+    python -m dmcore bench --linear [--device cpu|cuda] [--shapes 1024x1024x32000] [--repeats 5] [--record FILE]
     python -m dmcore sweep --dataset mnist1d --losses cce,mae,gce,imae,dm \
         --noise symmetric:0,0.2,0.4,0.6,0.8 --seeds 3 --out DIR [--steps 6000] [--device cuda]
     python -m dmcore sweep --dataset cifar10 --data-dir DIR --model resnet20 --device cuda --out DIR
@@ -85,6 +86,8 @@ def _bench(args) -> int:
     _setup(args)
     if args.model:
         return _bench_model(args)
+    if args.linear:
+        return _bench_linear(args)
     args.repeats = args.repeats or 20
     results = bench.run(args.device, args.shapes, args.repeats, dtype=getattr(torch, args.dtype), impl=args.impl)
     if args.record:
@@ -98,6 +101,24 @@ def _bench(args) -> int:
     print(f"DMLoss extra peak memory beyond its gradient: max {max(r.peak_beyond_grad for r in dm):.2f}x the logits")
     if all(r.bandwidth_fraction is not None for r in dm):
         print(f"DMLoss bandwidth: min {min(r.bandwidth_fraction for r in dm):.0%} of the peak")
+    return 0
+
+
+def _bench_linear(args) -> int:
+    """``bench --linear``: the fused linear + EDF loss against the logits materialised (:mod:`bench_linear`)."""
+    from . import bench_linear
+
+    if args.shapes and any(len(shape) != 3 for shape in args.shapes):
+        raise ValueError(f"bench --linear takes shapes NxHxV (tokens x hidden x vocabulary), got {args.shapes}")
+    repeats = args.repeats or 5
+    results = bench_linear.run(args.device, args.shapes, repeats, dtype=getattr(torch, args.dtype))
+    if args.record:
+        bench_linear.save(results, args.record, args.device, repeats)
+    where = torch.cuda.get_device_name(args.device) if args.device.startswith("cuda") else \
+        f"CPU, {torch.get_num_threads()} threads"
+    print(f"forward+backward, fastest of {repeats} interleaved runs; peak memory beyond the inputs and their "
+          f"gradients in units of the logits' size ({where})")
+    print(bench_linear.format_table(results))
     return 0
 
 
@@ -239,6 +260,9 @@ def _add_bench(commands) -> None:
                         "at once: forward_stacked, vmap and a loop over runs")
     b.add_argument("--runs", type=lambda s: [_positive(x) for x in s.split(",")], default=[1, 10, 40],
                    help="with --model: comma-separated numbers of runs trained together (default 1,10,40)")
+    b.add_argument("--linear", action="store_true",
+                   help="instead, the fused linear + EDF loss against the logits materialised and "
+                        "F.linear_cross_entropy's chunked path; --shapes as NxHxV")
     b.set_defaults(run=_bench)
 
 

@@ -104,3 +104,28 @@ def test_command_line_model_bench():
 def test_command_line_model_bench_refuses(argv, message, capsys):
     assert cli.main(["bench", *argv]) == 2
     assert message in capsys.readouterr().err
+
+
+def test_linear_bench_measures_every_candidate_and_the_fused_loss_keeps_no_logits(tmp_path):
+    """At 2048 tokens x 300 classes (blocks of 1024 rows: the default's 4M elements cut to two blocks), the
+    fused losses' peak memory beyond the gradients is the blocks' (logits and gradient of one block: about
+    one logits' worth), the materialised losses' about the logits' twice (logits and their gradient, less
+    the gradients of the inputs, which the measure leaves out and which are 6% of the logits here)."""
+    from dmcore import linear_edf
+    from dmcore.lab import bench_linear
+
+    record = tmp_path / "linear.json"
+    out = subprocess.run([sys.executable, "-m", "dmcore", "bench", "--linear", "--shapes", "48x8x100", "--repeats",
+                          "1", "--record", str(record)], capture_output=True, text=True, timeout=300, check=True)
+    recorded = bench_linear.load(record)
+    assert [r.loss for r in recorded.results] == list(bench_linear.candidates("cpu"))
+    assert bench_linear.format_table(recorded.results) in out.stdout
+    assert all(r.time_ratio == 1.0 for r in recorded.results if r.loss == bench_linear.REFERENCE)
+    old = linear_edf.CHUNK_ELEMENTS
+    try:
+        linear_edf.CHUNK_ELEMENTS = 1024 * 300
+        peaks = {r.loss: r.peak_extra for r in bench_linear.run("cpu", [(2048, 16, 300)], repeats=1)}
+    finally:
+        linear_edf.CHUNK_ELEMENTS = old
+    assert peaks["linear_edf DM"] < 1.2 and peaks["linear_edf CCE"] < 1.2, peaks
+    assert peaks["materialised DM"] >= 1.9 and peaks["materialised CE"] >= 1.9, peaks
