@@ -314,3 +314,40 @@ def test_the_fused_kernels_report_bad_input():
     bad[2, 1] = float("nan")
     with pytest.raises(ValueError, match="NaN|non-finite"):
         linear_edf.linear_edf_loss(bad, weight, target, EDFS["dm"], impl="triton")
+
+
+# ---------------------------------------------------------------- data-parallel training
+
+class _Head(torch.nn.Module):
+    """An output layer whose forward returns its fused loss (as a language model's head would)."""
+
+    def __init__(self, size, vocab):
+        super().__init__()
+        self.proj = torch.nn.Linear(size, vocab).double()
+
+    def forward(self, hidden, target):
+        return linear_edf.linear_edf_loss(hidden, self.proj.weight, target, EDFS["dm"], bias=self.proj.bias,
+                                          chunk_size=3)
+
+
+def _ddp_gradients(rank, world, hidden, target, state):
+    head = _Head(hidden.shape[1], 7)
+    head.load_state_dict(state)
+    ddp = torch.nn.parallel.DistributedDataParallel(head)
+    shard = slice(rank * len(target) // world, (rank + 1) * len(target) // world)
+    ddp(hidden[shard], target[shard]).backward()
+    return {k: v.grad for k, v in head.named_parameters()}
+
+
+def test_data_parallel_gradients_equal_one_process_with_the_whole_batch(two_ranks):
+    """The batch normaliser summed over the ranks: two ranks with half the batch each give the gradients of
+    one process with the whole batch (uneven counts of ignored rows per rank too)."""
+    gen = torch.Generator().manual_seed(0)
+    hidden = torch.randn(40, 6, generator=gen, dtype=torch.float64)
+    target = torch.randint(0, 7, (40,), generator=gen)
+    target[:13:3] = -100
+    head = _Head(6, 7)
+    head(hidden, target).backward()
+    distributed = two_ranks(_ddp_gradients, hidden, target, head.state_dict())
+    for name, param in head.named_parameters():
+        torch.testing.assert_close(distributed[name], param.grad, rtol=1e-12, atol=1e-14)
