@@ -53,6 +53,12 @@ class Test:
     direction: str = "unresolved"
 
 
+def evidence_line(key, test: "Test") -> str:
+    """One test of a claim, as a verdict's evidence shows it: ``key`` is ``(claim, what, (noise, rate))``
+    (``what`` a family or a record): ``what noise rate: difference (won-lost) p_Holm p``."""
+    return f"{key[1]} {key[2][0]} {key[2][1]:g}: {test.paired.fmt()} p_Holm {test.adjusted:.3f}"
+
+
 def adjust(tests: dict, alpha: float) -> dict:
     """Holm-adjust the p-values of ``tests`` (key -> :class:`Test`) together and set each direction; a
     test whose p-value is undefined (a diverged choice) counts as p = 1. Returns ``tests``."""

@@ -114,10 +114,6 @@ class Panel:
 
     # --- the claims -------------------------------------------------------------------------------
 
-    def _fmt(self, key, rule) -> str:
-        t = self.tests(rule)[key]
-        return f"{key[1]} {key[2][0]} {key[2][1]:g}: {t.paired.fmt()} p_Holm {t.adjusted:.3f}"
-
     def verdict(self, claim: str, rule: str) -> judge.Verdict:
         """``claim`` judged under ``rule`` over every record of the panel."""
         tests = self.tests(rule)
@@ -140,7 +136,8 @@ class Panel:
             verdict = "holds" if len(worse) == len(keys) else "does not hold" if better or not worse else "partly holds"
             head = f"worse at {D_SETTINGS[0][0]} {D_SETTINGS[0][1]:g} for {len(worse)}, better for {len(better)} of {len(keys)} families"
         provisional = any(self._at_edge(c) for k in keys for c in (tests[k].a, tests[k].b))
-        return judge.Verdict(claim, rule, verdict, head + "; " + "; ".join(self._fmt(k, rule) for k in keys), provisional)
+        evidence = "; ".join(judge.evidence_line(k, tests[k]) for k in keys)
+        return judge.Verdict(claim, rule, verdict, head + "; " + evidence, provisional)
 
     def overall(self, claim: str) -> str:
         """The weakest verdict of ``claim`` over the judged rules."""

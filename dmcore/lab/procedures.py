@@ -198,10 +198,6 @@ class Procedures:
                     errors[name, s[1]] = sum(estimates) / len(estimates) - s[1]
         return errors
 
-    def _fmt(self, key, rule) -> str:
-        t = self.tests(rule)[key]
-        return f"{key[1]} {key[2][0]} {key[2][1]:g}: {t.paired.fmt()} p_Holm {t.adjusted:.3f}"
-
     def verdict(self, claim: str, rule: str) -> judge.Verdict:
         """``claim`` (``E``, ``R`` or ``V``) under ``rule`` over every record."""
         if claim == "E":
@@ -220,7 +216,7 @@ class Procedures:
         else:
             verdict = ("holds" if all(d == "better" for d in directions) else
                        "does not hold" if "worse" in directions or "better" not in directions else "partly holds")
-        evidence = "; ".join(self._fmt(k, rule) for k in keys)
+        evidence = "; ".join(judge.evidence_line(k, self.tests(rule)[k]) for k in keys)
         return judge.Verdict(claim, rule, verdict, evidence, self.provisional(claim, rule))
 
     def overall(self, claim: str) -> str:
