@@ -150,7 +150,8 @@ WHICH = {"mnist1d": ("mnist1d-val0.2", "mnist1d_cnn", train.Protocol(steps=3000)
          "fashion": ("fashion-mnist-val0.2", "fashion_cnn", FASHION_PROTOCOL, (0.01, 0.03, 0.1))}
 #: The learning rates the criteria's widening rule added, per record key: ``{(loss, noise, rate): rates}``,
 #: each round of the rule one session. Digits, round 1: choices at both edges of 0.03-0.3. MNIST-1D, round 1:
-#: choices at the lower edge, 0.03.
+#: choices at the lower edge, 0.03. Fashion-MNIST, round 1: CCE at the upper edge of 0.01-0.1 (pair 0.4), DM's
+#: settings at the lower edge.
 _ALL5 = [("symmetric", 0.2), ("symmetric", 0.4), ("symmetric", 0.6), ("pair", 0.4), ("instance", 0.4)]
 WHICH_WIDENED = {
     "mnist1d": {("cce", "instance", 0.4): (0.01,),
@@ -162,7 +163,10 @@ WHICH_WIDENED = {
                **{("dm:lam=0.5,beta=12", *s): (0.01,) for s in _ALL5},
                **{("dm:lam=1,beta=16", *s): (0.01,) for s in _ALL5 if s != ("pair", 0.4)},
                **{("dm:lam=2,beta=12", *s): (1.0,) for s in _ALL5}},
-    "fashion": {}}
+    "fashion": {("cce", "pair", 0.4): (0.3,),
+                **{("dm:lam=0.5,beta=12", *s): (0.003,) for s in _ALL5 if s[0] != "pair"},
+                **{("dm:lam=1,beta=16", *s): (0.003,) for s in _ALL5 if s != ("symmetric", 0.6)},
+                ("dm:lam=2,beta=12", "instance", 0.4): (0.003,)}}
 #: The other emphasis density functions of the DM paper, two settings each.
 EDF_FAMILIES = ("normal:psi=0.25,beta=8", "normal:psi=0.75,beta=8", "exponential:beta=2", "exponential:beta=-2",
                 "beta:alpha=2,eta=3", "beta:alpha=4,eta=2")
