@@ -149,15 +149,15 @@ WHICH = {"mnist1d": ("mnist1d-val0.2", "mnist1d_cnn", train.Protocol(steps=3000)
          "digits": ("digits-val0.2", "mlp", train.Protocol(steps=2000, eval_every=100), (0.03, 0.1, 0.3)),
          "fashion": ("fashion-mnist-val0.2", "fashion_cnn", FASHION_PROTOCOL, (0.01, 0.03, 0.1))}
 #: The learning rates the criteria's widening rule added, per record key: ``{(loss, noise, rate): rates}``,
-#: each round of the rule one session (a key's rates in the order of the rounds that added them). Digits,
-#: round 1: choices at both edges of 0.03-0.3; round 2: the next rung beyond 0.01 or 1.0 at 9 choices. MNIST-1D, round 1:
-#: choices at the lower edge, 0.03. Fashion-MNIST, round 1: CCE at the upper edge of 0.01-0.1 (pair 0.4), DM's
-#: settings at the lower edge.
+#: each round of the rule one session (a key's rates in the order of the rounds that added them).
+#: Digits, round 1: choices at both edges of 0.03-0.3; round 2: the next rung beyond 0.01 or 1.0 at 9 choices.
+#: MNIST-1D, round 1: choices at the lower edge, 0.03; round 2: 0.003 below 0.01 at 6 choices.
+#: Fashion-MNIST, round 1: CCE at the upper edge of 0.01-0.1 (pair 0.4), DM's settings at the lower edge.
 _ALL5 = [("symmetric", 0.2), ("symmetric", 0.4), ("symmetric", 0.6), ("pair", 0.4), ("instance", 0.4)]
 WHICH_WIDENED = {
-    "mnist1d": {("cce", "instance", 0.4): (0.01,),
+    "mnist1d": {("cce", "instance", 0.4): (0.01, 0.003),
                 **{("dm:lam=0.5,beta=12", *s): (0.01,) for s in _ALL5 if s != ("symmetric", 0.6)},
-                **{("dm:lam=1,beta=16", *s): (0.01,) for s in _ALL5},
+                **{("dm:lam=1,beta=16", *s): (0.01, 0.003) for s in _ALL5},
                 **{("dm:lam=2,beta=12", *s): (0.01,) for s in _ALL5 if s[0] != "pair" and s[1] != 0.6}},
     "digits": {("cce", "symmetric", 0.2): (0.01, 0.003), ("cce", "symmetric", 0.4): (1.0,),
                ("cce", "symmetric", 0.6): (1.0,), ("cce", "pair", 0.4): (0.01, 1.0),
