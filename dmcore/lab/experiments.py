@@ -152,7 +152,8 @@ WHICH = {"mnist1d": ("mnist1d-val0.2", "mnist1d_cnn", train.Protocol(steps=3000)
 #: each round of the rule one session (a key's rates in the order of the rounds that added them).
 #: Digits, round 1: choices at both edges of 0.03-0.3; round 2: the next rung beyond 0.01 or 1.0 at 9 choices.
 #: MNIST-1D, round 1: choices at the lower edge, 0.03; round 2: 0.003 below 0.01 at 6 choices.
-#: Fashion-MNIST, round 1: CCE at the upper edge of 0.01-0.1 (pair 0.4), DM's settings at the lower edge.
+#: Fashion-MNIST, round 1: CCE at the upper edge of 0.01-0.1 (pair 0.4), DM's settings at the lower edge;
+#: round 2: 0.001 below 0.003 for DM (1, 16) at symmetric 0.2.
 _ALL5 = [("symmetric", 0.2), ("symmetric", 0.4), ("symmetric", 0.6), ("pair", 0.4), ("instance", 0.4)]
 WHICH_WIDENED = {
     "mnist1d": {("cce", "instance", 0.4): (0.01, 0.003),
@@ -170,6 +171,7 @@ WHICH_WIDENED = {
     "fashion": {("cce", "pair", 0.4): (0.3,),
                 **{("dm:lam=0.5,beta=12", *s): (0.003,) for s in _ALL5 if s[0] != "pair"},
                 **{("dm:lam=1,beta=16", *s): (0.003,) for s in _ALL5 if s != ("symmetric", 0.6)},
+                ("dm:lam=1,beta=16", "symmetric", 0.2): (0.003, 0.001),
                 ("dm:lam=2,beta=12", "instance", 0.4): (0.003,)}}
 #: The other emphasis density functions of the DM paper, two settings each.
 EDF_FAMILIES = ("normal:psi=0.25,beta=8", "normal:psi=0.75,beta=8", "exponential:beta=2", "exponential:beta=-2",
