@@ -307,7 +307,7 @@ EXPERIMENTS: dict[str, Experiment] = _define()
 #: Their records are committed as their sessions finish (training spans working sessions, and nothing
 #: trained is lost), each holding part of the runs; ``make experiments`` resumes from them when they are
 #: copied into the scratch folder. An experiment leaves this set in the commit that completes its record.
-PENDING = frozenset({"which-weighting-mnist1d", "which-weighting-digits", "which-weighting-fashion"})
+PENDING = frozenset()
 
 
 def get(name) -> Experiment:

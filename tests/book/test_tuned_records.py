@@ -4,7 +4,7 @@ trained at (a choice there would leave the tuning unfinished)."""
 
 import dataclasses
 
-from dmcore.lab import criteria, experiments, judge, panel, records as records_module, regime
+from dmcore.lab import criteria, experiments, judge, panel, procedures, records as records_module, regime
 
 
 def test_the_fair_record_has_no_choice_at_an_edge(root):
@@ -105,3 +105,39 @@ def test_the_fashion_widening_check_can_fail(root):
         assert {r.run_id for r in registered.parts[name].results.experiment.runs} == set(results.provenance[0]["runs"])
     first = {name: {k: lrs[0] for k, lrs in widened.items()} for name, widened in experiments.FASHION_WIDENED.items()}
     assert registered.widening() == first != {}
+
+
+def _which_sessions(root):
+    """The which-weighting plan and its records."""
+    records = root / "book" / "records"
+    plan = criteria.load("which-weighting-digits", records)
+    return plan, experiments.load_plan(plan, records)
+
+
+def _trained_in(results, k):
+    """``{(loss, noise, rate): lr}`` of the runs session ``k`` of a record trained."""
+    return {(r.loss, r.noise, r.rate): r.lr for r in results.experiment.runs if r.run_id in results.provenance[k]["runs"]}
+
+
+def test_the_which_weighting_widening_is_finished_and_each_round_trained_what_it_asked(root):
+    """Which weighting, when: the rule asks for nothing on the book's records, and replayed record by record
+    and round by round (each round one session), the learning rates each round added are exactly those
+    the rule asked for, read from the record's runs trained before it."""
+    plan, parts = _which_sessions(root)
+    assert procedures.Procedures(parts, plan).widening() == {}
+    for name, results in parts.items():
+        for k in range(1, len(results.provenance)):
+            before = {run for s in results.provenance[:k] for run in s["runs"]}
+            view = records_module.Results(dataclasses.replace(results.experiment, runs=tuple(
+                r for r in results.experiment.runs if r.run_id in before)), results.folder)
+            assert _trained_in(results, k) == procedures.Procedures({name: view}, plan).widening().get(name, {}), \
+                (name, k)
+
+
+def test_the_which_weighting_widening_check_can_fail(root):
+    """The records as registered (their first sessions alone): the rule asks for something, exactly what
+    each record's second session trained."""
+    plan, parts = _which_sessions(root)
+    asked = procedures.Procedures.load(plan, root / "book" / "records", registered=True).widening()
+    assert asked != {}
+    assert asked == {name: _trained_in(results, 1) for name, results in parts.items() if len(results.provenance) > 1}
