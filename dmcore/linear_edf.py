@@ -73,16 +73,21 @@ import torch.nn as nn
 from . import edf_operator, losses, targets
 from .edf import EDF
 
-__all__ = ["linear_edf_loss", "LinearEDFLoss", "CHUNK_ELEMENTS", "chunk_rows", "implementation"]
+__all__ = ["linear_edf_loss", "LinearEDFLoss", "CHUNK_ELEMENTS", "MIN_BLOCKS", "chunk_rows", "implementation"]
 
-#: The default block: as many rows as keep a block of logits at about this many elements (16 MB in float32).
+#: The default block holds at most this many logits (16 MB in float32), and logits larger than this are cut
+#: into at least :data:`MIN_BLOCKS` blocks.
 CHUNK_ELEMENTS = 1 << 22
+MIN_BLOCKS = 16
 
 
 def chunk_rows(n: int, vocab: int, chunk_size: int | None = None) -> int:
-    """The rows per block: ``chunk_size`` if given, else ``CHUNK_ELEMENTS // vocab`` (at least 1), at most ``n``."""
-    rows = chunk_size if chunk_size is not None else max(1, CHUNK_ELEMENTS // max(vocab, 1))
-    return max(1, min(rows, n))
+    """The rows per block: ``chunk_size`` if given; else all ``n`` where the logits hold at most
+    :data:`CHUNK_ELEMENTS` numbers, and otherwise at most ``CHUNK_ELEMENTS // vocab`` rows and at most
+    ``ceil(n / MIN_BLOCKS)`` (at least 1): a block's logits and gradient then take at most 1/8 of the logits."""
+    if chunk_size is None:
+        chunk_size = n if n * vocab <= CHUNK_ELEMENTS else min(CHUNK_ELEMENTS // max(vocab, 1), -(-n // MIN_BLOCKS))
+    return max(1, min(chunk_size, n))
 
 
 def _check(hidden, weight, bias, target, chunk_size):
