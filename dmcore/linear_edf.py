@@ -78,13 +78,14 @@ __all__ = ["linear_edf_loss", "LinearEDFLoss", "CHUNK_ELEMENTS", "MIN_BLOCKS", "
 #: The default block holds at most this many logits (16 MB in float32), and logits larger than this are cut
 #: into at least :data:`MIN_BLOCKS` blocks.
 CHUNK_ELEMENTS = 1 << 22
-MIN_BLOCKS = 16
+MIN_BLOCKS = 24
 
 
 def chunk_rows(n: int, vocab: int, chunk_size: int | None = None) -> int:
     """The rows per block: ``chunk_size`` if given; else all ``n`` where the logits hold at most
     :data:`CHUNK_ELEMENTS` numbers, and otherwise at most ``CHUNK_ELEMENTS // vocab`` rows and at most
-    ``ceil(n / MIN_BLOCKS)`` (at least 1): a block's logits and gradient then take at most 1/8 of the logits."""
+    ``ceil(n / MIN_BLOCKS)`` (at least 1): a block's logits and gradient then take under 1/8 of the logits
+    (2/24 and a few numbers per row)."""
     if chunk_size is None:
         chunk_size = n if n * vocab <= CHUNK_ELEMENTS else min(CHUNK_ELEMENTS // max(vocab, 1), -(-n // MIN_BLOCKS))
     return max(1, min(chunk_size, n))

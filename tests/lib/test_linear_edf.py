@@ -152,7 +152,7 @@ def test_the_natural_weight_is_pytorchs_linear_cross_entropy(kw):
 def test_the_default_block_keeps_an_eighth_of_the_logits_or_the_small_ones_whole():
     rows = linear_edf.chunk_rows
     assert rows(100, 1000) == 100                                    # 1e5 logits: one block
-    assert rows(1024, 32000) == 64                                   # 1/16 of the rows, 2M logits
+    assert rows(1024, 32000) == 43                                   # 1/24 of the rows, 1.4M logits
     assert rows(8192, 32000) == linear_edf.CHUNK_ELEMENTS // 32000   # 131 rows: 16 MB of float32
     assert rows(4, 10 ** 7) == 1 and rows(37, 11, chunk_size=8) == 8 and rows(5, 11, chunk_size=64) == 5
 
