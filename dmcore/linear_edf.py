@@ -198,6 +198,24 @@ def _fused_gradients(hidden, weight, bias, index, lse, k, counted, wanted):
     return [g.to(x.dtype) if g is not None else None for g, x in zip(out, (hidden, weight, bias))]
 
 
+def _share(terms, normalizer):
+    """These terms' share of the ``'mean'`` normaliser: the sum of ``c w`` (``'batch'``) or of the counts."""
+    tg = terms.parts.tg
+    return terms.cw.sum() if normalizer == "batch" else (tg.count if tg.count is not None else tg.c).sum()
+
+
+def _normaliser(total, p):
+    """``Z``: 1 unless ``'mean'``; then ``total`` summed over the ranks (1 where nothing counts: loss 0)."""
+    if p["reduction"] != "mean":
+        return torch.ones_like(total)
+    z = edf_operator._synced(total, p["group"])
+    return torch.where(z > 0, z, torch.ones_like(z))
+
+
+def _reduce(values, z, reduction):
+    return values if reduction == "none" else values.sum() / z if reduction == "mean" else values.sum()
+
+
 class _LinearEDF(torch.autograd.Function):
     @staticmethod
     def forward(ctx, hidden, weight, bias, target, p):
@@ -219,20 +237,15 @@ class _LinearEDF(torch.autograd.Function):
             terms = _block_terms(h, weight, bias, t, p)
             values[start:end] = terms.values
             problems += terms.problems
-            tg = terms.parts.tg
-            total += terms.cw.sum() if p["normalizer"] == "batch" else (tg.count if tg.count is not None else tg.c).sum()
+            total += _share(terms, p["normalizer"])
             if now:
                 _accumulate(grads, terms, _scale(terms, terms.cw * 0.5, p["eps"]), h, weight, start, end)
             elif kept is not None:
                 kept[start:end] = _scale(terms, terms.cw * 0.5, p["eps"])
             del terms                                        # this block's buffers go before the next block's come
-        if p["reduction"] == "mean":
-            z = edf_operator._synced(total, p["group"])
-            z = torch.where(z > 0, z, torch.ones_like(z))   # nothing counts: loss 0, gradient 0
-        else:
-            z = torch.ones((), dtype=compute, device=hidden.device)
+        z = _normaliser(total, p)
         targets.raise_for(problems)                          # the one synchronisation (none with check=False)
-        out = values if p["reduction"] == "none" else values.sum() / z if p["reduction"] == "mean" else values.sum()
+        out = _reduce(values, z, p["reduction"])
         if now:
             for g in grads:
                 if g is not None:
@@ -247,15 +260,9 @@ class _LinearEDF(torch.autograd.Function):
         wanted = tuple(ctx.needs_input_grad[:3])
         terms, lse, index = _fused_terms(hidden, weight, bias, target, p)
         tg = terms.parts.tg
-        total = terms.cw.sum() if p["normalizer"] == "batch" else (tg.count if tg.count is not None else tg.c).sum()
-        if p["reduction"] == "mean":
-            z = edf_operator._synced(total, p["group"])
-            z = torch.where(z > 0, z, torch.ones_like(z))
-        else:
-            z = torch.ones_like(total)
+        z = _normaliser(_share(terms, p["normalizer"]), p)
         targets.raise_for(terms.problems)
-        values = terms.values
-        out = values if p["reduction"] == "none" else values.sum() / z if p["reduction"] == "mean" else values.sum()
+        out = _reduce(terms.values, z, p["reduction"])
         k = _scale(terms, terms.cw * (0.5 / z), p["eps"])
         ctx.grads, ctx.kept = None, None
         if any(wanted) and p["reduction"] != "none":

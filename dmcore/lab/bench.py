@@ -260,8 +260,9 @@ class Recorded:
                 f"fastest of {self.repeats} interleaved runs; memory in units of the logits' size")
 
 
-def save(results: list[Result], path, device: str = "cpu", repeats: int = 20) -> Recorded:
-    """Write ``results`` with a description of this machine to the JSON file ``path``."""
+def save(results: list, path, device: str = "cpu", repeats: int = 20) -> Recorded:
+    """Write ``results`` (dataclasses: :class:`Result`, or :class:`dmcore.lab.bench_linear.Result`) with a
+    description of this machine to the JSON file ``path``."""
     from .records import provenance
 
     here = provenance()
@@ -277,10 +278,10 @@ def save(results: list[Result], path, device: str = "cpu", repeats: int = 20) ->
     return recorded
 
 
-def load(path) -> Recorded:
-    """A benchmark written by :func:`save`."""
+def load(path, result=None) -> Recorded:
+    """A benchmark written by :func:`save`, its results read as ``result`` (default :class:`Result`)."""
     body = json.loads(pathlib.Path(path).read_text())
-    results = [Result(**{**r, "shape": tuple(r["shape"])}) for r in body["results"]]
+    results = [(result or Result)(**{**r, "shape": tuple(r["shape"])}) for r in body["results"]]
     return Recorded(body["machine"], body["repeats"], results)
 
 

@@ -28,9 +28,6 @@ them; the book shows a recorded table that names its machine.
 
 from __future__ import annotations
 
-import dataclasses
-import json
-import pathlib
 import time
 from dataclasses import dataclass
 
@@ -40,9 +37,9 @@ import torch.nn.functional as F
 from .. import edf, linear_edf, losses
 from . import bench
 
-__all__ = ["CPU_SHAPES", "GPU_SHAPES", "Result", "candidates", "run", "format_table", "save", "load"]
+__all__ = ["CPU_SHAPES", "GPU_SHAPES", "Result", "candidates", "run", "format_table", "load"]
 
-#: (tokens N, hidden H, vocabulary V) on CPU, float32: the issue's language-model vocabularies (32k,
+#: (tokens N, hidden H, vocabulary V) on CPU, float32: language-model vocabularies (32k,
 #: Llama 3's 128k) at a number of tokens two cores finish in seconds.
 CPU_SHAPES = [(1024, 1024, 32000), (512, 512, 128256)]
 #: On a GPU, bfloat16: 8192 tokens x 4096 hidden x 32k, and 4096 x 2048 x 128k.
@@ -153,16 +150,6 @@ def format_table(results: list[Result]) -> str:
     return "\n".join(lines)
 
 
-def save(results: list[Result], path, device: str = "cpu", repeats: int = 5) -> bench.Recorded:
-    """Write ``results`` with a description of this machine to the JSON file ``path``."""
-    recorded = bench.save([], path, device, repeats)
-    body = {"machine": recorded.machine, "repeats": repeats, "results": [dataclasses.asdict(r) for r in results]}
-    pathlib.Path(path).write_text(json.dumps(body, indent=1) + "\n")
-    return bench.Recorded(recorded.machine, repeats, results)
-
-
 def load(path) -> bench.Recorded:
-    """A benchmark written by :func:`save`."""
-    body = json.loads(pathlib.Path(path).read_text())
-    results = [Result(**{**r, "shape": tuple(r["shape"])}) for r in body["results"]]
-    return bench.Recorded(body["machine"], body["repeats"], results)
+    """A benchmark written by :func:`dmcore.lab.bench.save` from this module's results."""
+    return bench.load(path, Result)

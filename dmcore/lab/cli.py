@@ -106,14 +106,14 @@ def _bench(args) -> int:
 
 def _bench_linear(args) -> int:
     """``bench --linear``: the fused linear + EDF loss against the logits materialised (:mod:`bench_linear`)."""
-    from . import bench_linear
+    from . import bench, bench_linear
 
     if args.shapes and any(len(shape) != 3 for shape in args.shapes):
         raise ValueError(f"bench --linear takes shapes NxHxV (tokens x hidden x vocabulary), got {args.shapes}")
     repeats = args.repeats or 5
     results = bench_linear.run(args.device, args.shapes, repeats, dtype=getattr(torch, args.dtype))
     if args.record:
-        bench_linear.save(results, args.record, args.device, repeats)
+        bench.save(results, args.record, args.device, repeats)
     where = torch.cuda.get_device_name(args.device) if args.device.startswith("cuda") else \
         f"CPU, {torch.get_num_threads()} threads"
     print(f"forward+backward, fastest of {repeats} interleaved runs; peak memory beyond the inputs and their "

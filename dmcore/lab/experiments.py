@@ -304,7 +304,7 @@ def _define() -> dict[str, Experiment]:
 #: Every experiment of the book, by name.
 EXPERIMENTS: dict[str, Experiment] = _define()
 #: Experiments defined and pre-registered whose training is under way and whose chapter is not written yet.
-#: Their records are committed as their sessions finish (training spans working sessions, and nothing
+#: Their records are committed as their sessions finish (training may take several invocations, and nothing
 #: trained is lost), each holding part of the runs; ``make experiments`` resumes from them when they are
 #: copied into the scratch folder. An experiment leaves this set in the commit that completes its record.
 PENDING = frozenset()
