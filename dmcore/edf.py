@@ -11,6 +11,7 @@ EDF                    :math:`w(p)`                                emphasis mode
 ``cce()``              :math:`2(1-p)`                              0
 ``mae()``              :math:`2p(1-p)`                             1/2
 ``mse()``              :math:`4p(1-p)^2`                           1/3
+``dft()``              :math:`2p(1-p)`                             1/2
 ``gce(q)``             :math:`2p^q(1-p)`                           q/(q+1)
 ``sce(alpha, beta)``   :math:`2(1-p)(\\alpha - A\\beta p)`             max(0, 1/2 + alpha/(2 A beta))
 ``poly1(epsilon)``     :math:`2(1-p)(1 + \\epsilon p)`                max(0, (epsilon-1)/(2 epsilon))
@@ -21,7 +22,7 @@ EDF                    :math:`w(p)`                                emphasis mode
 ``beta_density(a, e)`` :math:`p^{a-1}(1-p)^{e-1}`                  (a-1)/(a+e-2)
 =====================  ==========================================  ==================
 
-The first six are the natural weights of the losses, derived from their definitions
+The first seven are the natural weights of the losses, derived from their definitions
 (:func:`dmcore.symbolic.derivative_magnitude`); the others are defined directly, as in the DM paper
 (X. Wang et al., *Derivative manipulation for general example weighting*, arXiv:1905.11233).
 
@@ -51,7 +52,7 @@ from numpy import bool_ as numpy_bool
 from . import symbolic
 from .symbolic import alpha, beta, eta, lam, p, psi, q, T
 
-__all__ = ["EDF", "cce", "mae", "mse", "gce", "sce", "poly1", "imae", "dm", "normal", "exponential", "beta_density",
+__all__ = ["EDF", "cce", "mae", "mse", "dft", "gce", "sce", "poly1", "imae", "dm", "normal", "exponential", "beta_density",
            "from_sympy", "from_callable", "implied_loss", "check_parameter", "default"]
 
 
@@ -192,6 +193,14 @@ def mae() -> EDF:
 def mse() -> EDF:
     """MSE's weight in the DM paper's form, :math:`4p(1-p)^2`: derived from :math:`(1-p)^2`."""
     return _loss_weight("mse")
+
+
+def dft() -> EDF:
+    """Dynamic fine-tuning's weight, :math:`2p(1-p)`: derived from :math:`-\\mathrm{sg}(p)\\log p`, the
+    cross-entropy of each token scaled by its own probability held constant (Wu et al., *On the
+    generalization of SFT*, arXiv:2508.05629). It is MAE's weight: the two losses differ in value,
+    not in gradient."""
+    return _loss_weight("dft")
 
 
 def gce(q: float = 0.7) -> EDF:

@@ -51,9 +51,9 @@ for DM and IMAE no elementary objective has that gradient. ``-log p`` is clipped
 of the compute dtype. With ``create_graph=True`` the manipulated gradient is itself differentiable
 (second derivatives for gradient penalties and meta-learned weights).
 
-**Closed-form losses** (:class:`CCELoss`, :class:`MAELoss`, :class:`MSELoss`, :class:`GCELoss`, and the
-noise-robust baselines :class:`SCELoss`, :class:`NCERCELoss`, :class:`Poly1Loss`) are written from their
-definitions and differentiated by autograd. With its natural weight (``edf.cce()``, ...) and
+**Closed-form losses** (:class:`CCELoss`, :class:`MAELoss`, :class:`MSELoss`, :class:`DFTLoss`,
+:class:`GCELoss`, and the noise-robust baselines :class:`SCELoss`, :class:`NCERCELoss`, :class:`Poly1Loss`)
+are written from their definitions and differentiated by autograd. With its natural weight (``edf.cce()``, ...) and
 ``normalizer='count'`` the EDF path reproduces their gradients exactly for class indices, and with
 ``normalizer='batch'`` it gives the papers' "-DN" variants. A closed-form loss ``l(p_y)`` extends to a
 target distribution as its expectation, ``sum_c t_c weight_c l(p_c)``, which for CCE is
@@ -125,9 +125,9 @@ from . import edf_operator, targets
 from .edf import EDF, default
 from .targets import REDUCTIONS
 
-__all__ = ["edf_loss", "dm_loss", "imae_loss", "cce_loss", "mae_loss", "mse_loss", "gce_loss", "sce_loss",
+__all__ = ["edf_loss", "dm_loss", "imae_loss", "cce_loss", "mae_loss", "mse_loss", "dft_loss", "gce_loss", "sce_loss",
            "nce_rce_loss", "poly1_loss", "EDFLoss", "DMLoss", "IMAELoss", "CCELoss", "MAELoss", "MSELoss",
-           "GCELoss", "SCELoss", "NCERCELoss", "Poly1Loss", "from_name", "names", "PAPER_EPS", "RCE_A"]
+           "DFTLoss", "GCELoss", "SCELoss", "NCERCELoss", "Poly1Loss", "from_name", "names", "PAPER_EPS", "RCE_A"]
 
 NORMALIZERS = ("batch", "count")
 PAPER_EPS = 1e-6   # the DM paper's code: the gradient divided by 2 - 2p + 1e-6
@@ -296,6 +296,7 @@ def _closed_form(per_element, name, full=False):
 _cce = _closed_form(lambda log_p: -log_p, "cce_loss")
 _mae = _closed_form(lambda log_p: 1 - log_p.exp(), "mae_loss")
 _mse = _closed_form(lambda log_p: (1 - log_p.exp()) ** 2, "mse_loss")
+_dft = _closed_form(lambda log_p: -log_p.exp().detach() * log_p, "dft_loss")
 _gce = _closed_form(lambda log_p, q: (1 - torch.exp(q * log_p)) / q, "gce_loss")
 _sce = _closed_form(lambda log_p, alpha, beta, A: alpha * -log_p + beta * -A * (1 - log_p.exp()), "sce_loss")
 _poly1 = _closed_form(lambda log_p, epsilon: -log_p + epsilon * (1 - log_p.exp()), "poly1_loss")
@@ -356,6 +357,23 @@ def mse_loss(input, target, **kwargs):
         0.5625
     """
     return _mse(input, target, **kwargs)
+
+
+def dft_loss(input, target, **kwargs):
+    """Dynamic fine-tuning's loss (Wu et al., *On the generalization of SFT*, arXiv:2508.05629),
+    :math:`\\ell(p) = -\\mathrm{sg}(p) \\log p`: the cross-entropy scaled by the probability it is taken
+    of, held constant (``p.detach()``; for a target distribution, each class's term by its own). Its
+    gradient is MAE's (:func:`mae_loss`); its value is not.
+    {args}
+
+    Example::
+
+        >>> import torch
+        >>> from dmcore import losses
+        >>> round(float(losses.dft_loss(torch.zeros(1, 4), torch.tensor([2]))), 4)   # log(4) / 4
+        0.3466
+    """
+    return _dft(input, target, **kwargs)
 
 
 def gce_loss(input, target, q: float = default(edfs.gce, "q"), **kwargs):
@@ -441,7 +459,7 @@ def nce_rce_loss(input, target, alpha: float = 1.0, beta: float = 1.0, A: float 
     return _nce_rce(input, target, alpha=alpha, beta=beta, A=_check_A(A), **kwargs)
 
 
-for _f in (cce_loss, mae_loss, mse_loss, gce_loss, sce_loss, poly1_loss, nce_rce_loss):
+for _f in (cce_loss, mae_loss, mse_loss, dft_loss, gce_loss, sce_loss, poly1_loss, nce_rce_loss):
     _f.__doc__ = _f.__doc__.replace("    {args}", _CLOSED_ARGS)
 
 
@@ -612,6 +630,23 @@ class MSELoss(_ClosedLoss):
         return edfs.mse()
 
 
+class DFTLoss(_ClosedLoss):
+    """Dynamic fine-tuning's ``-sg(p) log p``, :func:`dft_loss` as a module; its weight is MAE's.
+
+    Example::
+
+        >>> from dmcore import losses
+        >>> losses.DFTLoss().edf
+        EDF(dft)
+    """
+
+    function = staticmethod(dft_loss)
+
+    @property
+    def edf(self):
+        return edfs.dft()
+
+
 class GCELoss(_ClosedLoss):
     """Generalised cross-entropy ``(1 - p^q) / q``, :func:`gce_loss` as a module.
 
@@ -712,7 +747,7 @@ def _edf_family(constructor):
 
 
 #: Each name and what it builds; the parameters and their defaults are read from the signatures.
-_NAMED = {"cce": CCELoss, "mae": MAELoss, "mse": MSELoss, "gce": GCELoss, "sce": SCELoss, "nce+rce": NCERCELoss,
+_NAMED = {"cce": CCELoss, "mae": MAELoss, "mse": MSELoss, "dft": DFTLoss, "gce": GCELoss, "sce": SCELoss, "nce+rce": NCERCELoss,
           "poly1": Poly1Loss, "imae": IMAELoss, "dm": DMLoss, "normal": _edf_family(edfs.normal),
           "exponential": _edf_family(edfs.exponential), "beta": _edf_family(edfs.beta_density)}
 _NATURAL = {"cce": edfs.cce, "mae": edfs.mae, "mse": edfs.mse, "gce": edfs.gce, "sce": edfs.sce,
@@ -735,7 +770,7 @@ def names() -> list[str]:
 
 
 def from_name(text: str) -> nn.Module:
-    """A loss module by name, parameters after a colon: ``cce``, ``mae``, ``mse``, ``gce[:q=...]``,
+    """A loss module by name, parameters after a colon: ``cce``, ``mae``, ``mse``, ``dft``, ``gce[:q=...]``,
     ``sce[:alpha=...,beta=...]``, ``nce+rce[:alpha=...,beta=...]``, ``poly1[:epsilon=...]``; the EDF
     losses ``imae[:T=...]``, ``dm[:lam=...,beta=...]``, ``normal[:psi=...,beta=...]``,
     ``exponential[:beta=...]``, ``beta[:alpha=...,eta=...]`` (the beta-density EDF), each with ``eps``

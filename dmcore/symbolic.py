@@ -43,7 +43,7 @@ from typing import Callable, Sequence
 import sympy as sp
 
 __all__ = [
-    "p", "q", "T", "lam", "beta", "psi", "alpha", "eta", "epsilon", "RCE_A",
+    "p", "q", "T", "lam", "beta", "psi", "alpha", "eta", "epsilon", "RCE_A", "stop_gradient",
     "LOSSES", "EDFS", "Derivation", "derive", "derivative_magnitude", "gradient_scale",
     "loss_of_p", "edf_expression", "emphasis_mode", "variance_uniform", "readable",
 ]
@@ -68,6 +68,14 @@ epsilon = sp.Symbol("epsilon", real=True)
 RCE_A = sp.Symbol("A", negative=True)
 
 
+class stop_gradient(sp.Function):
+    """``sg(x)``: the value ``x`` whose derivative is taken to be zero (PyTorch's ``x.detach()``).
+    :func:`derive` differentiates through it as a constant and then replaces it by ``x``."""
+
+    def fdiff(self, argindex=1):
+        return sp.S.Zero
+
+
 def _one_hot(j: int, y: int) -> int:
     return 1 if j == y else 0
 
@@ -87,6 +95,9 @@ LOSSES: dict[str, Callable[[Sequence[sp.Expr], int], sp.Expr]] = {
     # symmetric cross-entropy (Wang et al., ICCV 2019): alpha CCE + beta RCE, where the reverse
     # cross-entropy -sum_k p_k log e_{y,k} takes log 0 = A
     "sce": lambda P, y: alpha * -sp.log(P[y]) + beta * -sum(P[k] * (0 if k == y else RCE_A) for k in range(len(P))),
+    # dynamic fine-tuning (Wu et al., arXiv:2508.05629): the cross-entropy of each token weighted by its
+    # own probability, held constant (stop-gradient): -sg(p_y) log p_y
+    "dft": lambda P, y: -stop_gradient(P[y]) * sp.log(P[y]),
     # Poly-1 (Leng et al., ICLR 2022): the cross-entropy plus epsilon times its first polynomial term
     "poly1": lambda P, y: -sp.log(P[y]) + epsilon * (1 - P[y]),
     # normalised cross-entropy (Ma et al., ICML 2020): -log p_y over -sum_k log p_k. It depends on
@@ -164,7 +175,7 @@ def derive(loss: str, num_classes: int = 3) -> Derivation:
     softmax = [sp.exp(zk) / sum(sp.exp(zm) for zm in z) for zk in z]
     L = LOSSES[loss](softmax, y)
     to_e = {sp.exp(zk): ek for zk, ek in zip(z, e)}
-    gradient = tuple(sp.simplify(sp.diff(L, zj).subs(to_e)) for zj in z)
+    gradient = tuple(sp.simplify(sp.diff(L, zj).replace(stop_gradient, lambda x: x).subs(to_e)) for zj in z)
 
     probs = [ek / sum(e) for ek in e]
     ratios = [sp.simplify(g / (probs[j] - _one_hot(j, y))) for j, g in enumerate(gradient)]

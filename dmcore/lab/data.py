@@ -22,6 +22,12 @@
   the files of Debian's package ``dataset-fashion-mnist`` (:data:`FASHION_MNIST_ROOT`) or from a folder
   holding the same four files, standardised with the training split's mean and standard deviation.
 
+- :func:`python_source`: next-byte prediction on four modules of Python 3.11.7's standard library
+  (the source of the interpreter that runs the book, pinned by SHA-256 in :data:`PYTHON_SOURCE_FILES`):
+  each example is the 32 bytes before a position and the byte at it, the bytes numbered by their rank
+  among the distinct bytes of the files; the text cut into blocks of 2048 bytes, every tenth block a
+  validation block and the next a test block (``python-source-small``: an eighth of the training blocks).
+
 - :func:`by_name`: any of these by the name the sweeps and records use (``mnist1d-lt10-val0.2``,
   ``mnist1d-val0.2-fresh``, ``cifar10``, ``fashion-mnist-val0.2``).
 
@@ -34,10 +40,13 @@ from __future__ import annotations
 
 import functools
 import gzip
+import hashlib
 import math
 import pathlib
 import pickle
+import platform
 import re
+import sysconfig
 import zlib
 from dataclasses import dataclass, replace
 
@@ -46,12 +55,13 @@ import torch
 
 __all__ = ["Dataset", "mnist1d", "mnist1d_large", "with_fresh_test", "FRESH_SEED", "digits", "long_tailed",
            "with_validation", "cifar", "read_idx", "fashion_mnist", "FASHION_MNIST_ROOT", "FASHION_MNIST_FILES",
-           "by_name", "parse_name"]
+           "python_source", "PYTHON_SOURCE_FILES", "by_name", "parse_name"]
 
 
 @dataclass(frozen=True)
 class Dataset:
-    """A train/test split (and optionally a validation split): inputs ``(N, ...)`` float32, labels ``(N)`` int64."""
+    """A train/test split (and optionally a validation split): inputs ``(N, ...)`` float32 (int64 byte
+    indices for :func:`python_source`), labels ``(N)`` int64."""
 
     name: str
     x_train: torch.Tensor
@@ -347,13 +357,78 @@ def fashion_mnist(root=None) -> Dataset:
     return Dataset("fashion-mnist", x_train.sub_(mean).div_(std), y_train, x_test.sub_(mean).div_(std), y_test, 10)
 
 
+#: The files of :func:`python_source`, in order, with the SHA-256 of each: modules of CPython 3.11.7's
+#: standard library (``sysconfig.get_paths()["stdlib"]``), under the Python Software Foundation License.
+PYTHON_SOURCE_FILES = {
+    "argparse.py": "dc1eba8adfdf615986421f981337458ba1072d3e718a0f76e3224940fd74118b",
+    "difflib.py": "0c6afc23568d55b3e9ac914f9c5361e3033e778aa5b58d3cc82835fc5c638679",
+    "enum.py": "84fc683aa71da233cf0f6a1bd59ffedc2bc7adb3a40f9339052141176071b6d6",
+    "functools.py": "6d80018a3fa9fed44c5b78f881987ee3ab3fb1238b077b4e6dcb4b76da7db73b",
+}
+
+
+def python_source(root=None, files: dict | None = None, context: int = 32, block: int = 2048,
+                  small: bool = False) -> Dataset:
+    """Next-byte prediction on Python source: ``x (N, context)`` int64, the indices of the ``context``
+    bytes before a position; ``y (N)`` the index of the byte at it.
+
+    The files (``files``: name -> SHA-256, default :data:`PYTHON_SOURCE_FILES`) are read from ``root``
+    (default: this interpreter's standard library) and checked against their digests. A byte's index
+    is its rank among the distinct bytes of all the files (``num_classes`` of them). Each file is cut
+    into blocks of ``block`` bytes, numbered across the files; block ``i`` goes to the validation split
+    where ``i % 10 == 8``, to the test split where ``i % 10 == 9``, else to the training split (with
+    ``small``, only the blocks where ``i % 10 == 0``: an eighth of it, named ``python-source-small``). Every
+    position of a block with ``context`` bytes before it in the block is one example."""
+    files = PYTHON_SOURCE_FILES if files is None else files
+    folder = pathlib.Path(root) if root is not None else pathlib.Path(sysconfig.get_paths()["stdlib"])
+    if isinstance(context, bool) or not isinstance(context, int) or not 1 <= context < block:
+        raise ValueError(f"context must be a whole number in [1, block), got {context!r} with block {block!r}")
+    texts = []
+    for name, digest in files.items():
+        path = folder / name
+        if not path.is_file():
+            raise FileNotFoundError(f"{path} does not exist: python_source reads {len(files)} files of Python "
+                                    f"3.11.7's standard library; give root= the folder that holds them")
+        data = path.read_bytes()
+        found = hashlib.sha256(data).hexdigest()
+        if found != digest:
+            raise ValueError(f"{path} is not the file the dataset pins: SHA-256 {found}, expected {digest} "
+                             f"(Python {platform.python_version()} runs here; the files are Python 3.11.7's)")
+        texts.append(np.frombuffer(data, dtype=np.uint8))
+    alphabet = np.unique(np.concatenate(texts))
+    splits = {0: ([], []), 8: ([], []), 9: ([], [])}
+    number = 0
+    for text in texts:
+        index = np.searchsorted(alphabet, text)
+        for start in range(0, len(index), block):
+            part = index[start:start + block]
+            if len(part) > context:
+                windows = np.lib.stride_tricks.sliding_window_view(part, context + 1)
+                kind = number % 10 if number % 10 in (8, 9) else 0
+                if kind or not small or number % 10 == 0:
+                    splits[kind][0].append(windows[:, :-1])
+                    splits[kind][1].append(windows[:, -1])
+            number += 1
+    tensors = {}
+    for key, (xs, ys) in splits.items():
+        if not xs:
+            raise ValueError(f"the files hold {number} blocks of {block} bytes: too few for a validation and a "
+                             "test block (at least 10 are needed)")
+        tensors[key] = (torch.from_numpy(np.concatenate(xs)).long(), torch.from_numpy(np.concatenate(ys)).long())
+    return Dataset("python-source-small" if small else "python-source", *tensors[0], *tensors[9], len(alphabet),
+                   x_val=tensors[8][0], y_val=tensors[8][1])
+
+
 def parse_name(name: str) -> tuple:
     """``(base, thousands, ratio, fraction, fresh)`` of a dataset name (strings or None), or a ValueError."""
+    if name in ("python-source", "python-source-small"):
+        return name, None, None, None, None
     match = re.fullmatch(r"(mnist1d|digits|cifar10|cifar100|fashion-mnist)(?:-([1-9][0-9]*)k)?(?:-lt([0-9.]+))?"
                          r"(?:-val([0-9.]+))?(-fresh)?", name)
     if not match or ((match.group(2) or match.group(5)) and match.group(1) != "mnist1d"):
-        raise ValueError(f"unknown dataset {name!r}: expected mnist1d, mnist1d-40k, digits, cifar10, cifar100 or "
-                         "fashion-mnist, e.g. mnist1d, mnist1d-lt10, digits-val0.2 (-40k and -fresh: MNIST-1D only)")
+        raise ValueError(f"unknown dataset {name!r}: expected mnist1d, mnist1d-40k, digits, cifar10, cifar100, "
+                         "fashion-mnist, python-source or python-source-small, e.g. mnist1d, mnist1d-lt10, digits-val0.2 (-40k and -fresh: "
+                         "MNIST-1D only)")
     return match.groups()
 
 
@@ -367,6 +442,8 @@ def by_name(name: str, data_dir=None) -> Dataset:
     (``-fresh``), in that order: ``mnist1d-lt10-val0.2``, ``mnist1d-val0.2-fresh``,
     ``fashion-mnist-val0.2``."""
     base, thousands, ratio, fraction, fresh = parse_name(name)
+    if base.startswith("python-source"):
+        return python_source(small=base.endswith("-small"))
     if base.startswith("cifar"):
         if data_dir is None:
             raise ValueError(f"dataset {base} is read from files: give the folder that holds them (--data-dir)")

@@ -22,12 +22,12 @@ import shutil
 import time
 from dataclasses import dataclass
 
-from . import alignment, records, sweep, train
+from . import alignment, language, records, sweep, train
 from .records import Results
 
 __all__ = ["Experiment", "EXPERIMENTS", "PENDING", "get", "scratch", "run", "install", "load", "load_plan"]
 
-TRAINERS = {"train": train.train_runs, "alignment": alignment.train_runs}
+TRAINERS = {"train": train.train_runs, "alignment": alignment.train_runs, "language": language.train_runs}
 _CHUNK = 75   # runs trained together: the fastest per run on 2 cores (README), and a resumable unit
 
 
@@ -37,7 +37,8 @@ class Experiment:
 
     ``sample`` is the number of runs a chapter re-trains to show that the code still reproduces the
     record (:func:`reproduce`); ``trainer`` is ``train`` (:func:`dmcore.lab.train.train_runs`) or
-    ``alignment`` (:func:`dmcore.lab.alignment.train_runs`)."""
+    ``alignment`` (:func:`dmcore.lab.alignment.train_runs`) or ``language``
+    (:func:`dmcore.lab.language.train_runs`)."""
 
     name: str
     chapter: str
@@ -173,6 +174,19 @@ WHICH_WIDENED = {
                 **{("dm:lam=1,beta=16", *s): (0.003,) for s in _ALL5 if s != ("symmetric", 0.6)},
                 ("dm:lam=1,beta=16", "symmetric", 0.2): (0.003, 0.001),
                 ("dm:lam=2,beta=12", "instance", 0.4): (0.003,)}}
+#: The chapter "Token weighting in language models" (criteria: ``book/criteria/token-weighting.toml``): a
+#: byte-level language model on Python source (:func:`dmcore.lab.data.python_source`), trained by
+#: :func:`dmcore.lab.language.train_runs` with Adam, in two regimes, one record each,
+#: ``token-weighting-<key>`` as ``key -> dataset``: the whole training split (about one pass in 1000 steps of
+#: 256 positions) and an eighth of it (about eight passes). CCE, DFT's p-weighting, GCE and DM at the Table 9
+#: settings, each at the learning rates :data:`TOKEN_LRS`, at the noise rates :data:`TOKEN_NOISE`.
+TOKEN_LOSSES = ("cce", "dft", "gce") + WHICH_DM
+TOKEN_LRS = (0.001, 0.003, 0.01)
+TOKEN_NOISE = (("symmetric", (0.0, 0.3, 0.6)),)
+TOKEN = {"corpus": "python-source", "small": "python-source-small"}
+TOKEN_PROTOCOL = train.Protocol(steps=1000, batch_size=256, lr=0.003, weight_decay=0.0, eval_every=125)
+#: The learning rates the criteria's widening rule added, per record key: ``{(loss, noise, rate): rates}``.
+TOKEN_WIDENED: dict = {"corpus": {}, "small": {}}
 #: The other emphasis density functions of the DM paper, two settings each.
 EDF_FAMILIES = ("normal:psi=0.25,beta=8", "normal:psi=0.75,beta=8", "exponential:beta=2", "exponential:beta=-2",
                 "beta:alpha=2,eta=3", "beta:alpha=4,eta=2")
@@ -218,6 +232,16 @@ def _which_grid(key: str, seeds: int) -> tuple[train.Run, ...]:
     registered = tuple(train.Run(loss, scheme, rate, seed, lr) for lr in WHICH[key][3] for loss in losses
                        for scheme, rates in WHICH_NOISE for rate in rates for seed in range(seeds))
     widened = tuple(train.Run(loss, scheme, rate, seed, lr) for (loss, scheme, rate), lrs in WHICH_WIDENED[key].items()
+                    for lr in lrs for seed in range(seeds))
+    return registered + widened
+
+
+def _token_grid(key: str, seeds: int) -> tuple[train.Run, ...]:
+    """The runs of record ``token-weighting-<key>``: every loss of :data:`TOKEN_LOSSES` at each learning rate
+    (outermost), each noise rate, each seed; then the learning rates the widening rule added."""
+    registered = tuple(train.Run(loss, scheme, rate, seed, lr) for lr in TOKEN_LRS for loss in TOKEN_LOSSES
+                       for scheme, rates in TOKEN_NOISE for rate in rates for seed in range(seeds))
+    widened = tuple(train.Run(loss, scheme, rate, seed, lr) for (loss, scheme, rate), lrs in TOKEN_WIDENED[key].items()
                     for lr in lrs for seed in range(seeds))
     return registered + widened
 
@@ -290,6 +314,13 @@ def _define() -> dict[str, Experiment]:
                    dataset, model, protocol, _which_grid(key, 5), sample=1,
                    families=(("cce", ("cce",)), ("dm", WHICH_DM)))
         for key, (dataset, model, protocol, _) in WHICH.items()]
+    experiments += [
+        Experiment(f"token-weighting-{key}", "token_weighting",
+                   f"a byte-level language model on Python source ({dataset}) under token noise: CCE, DFT, GCE and DM, "
+                   "each over 3 learning rates; criteria fixed before training (book/criteria)",
+                   dataset, "byte_mlp", TOKEN_PROTOCOL, _token_grid(key, 5), sample=1, trainer="language",
+                   families=(("cce", ("cce",)), ("dft", ("dft",)), ("gce", ("gce",)), ("dm", WHICH_DM)))
+        for key, dataset in TOKEN.items()]
     for ratio in (10, 50):
         experiments += [
             Experiment(f"imbalance-lt{ratio}", "class_imbalance", f"long-tailed MNIST-1D, ratio {ratio}",
@@ -307,7 +338,7 @@ EXPERIMENTS: dict[str, Experiment] = _define()
 #: Their records are committed as their sessions finish (training may take several invocations, and nothing
 #: trained is lost), each holding part of the runs; ``make experiments`` resumes from them when they are
 #: copied into the scratch folder. An experiment leaves this set in the commit that completes its record.
-PENDING = frozenset()
+PENDING = frozenset({"token-weighting-corpus", "token-weighting-small"})
 
 
 def get(name) -> Experiment:

@@ -32,7 +32,7 @@ import torch.nn.functional as F
 
 from ..kernels.cnn1d_cpu import CNN_PARAMS, CNNKernel, StackedCNN
 
-__all__ = ["MNIST1DCNN", "FashionCNN", "MLP", "CifarResNet", "resnet20", "resnet44", "resnet56", "build"]
+__all__ = ["MNIST1DCNN", "FashionCNN", "MLP", "ByteMLP", "CifarResNet", "resnet20", "resnet44", "resnet56", "build"]
 
 
 class MNIST1DCNN(nn.Module):
@@ -339,10 +339,36 @@ def resnet56(num_classes: int = 10) -> CifarResNet:
     return CifarResNet(56, num_classes)
 
 
+class ByteMLP(nn.Module):
+    """A byte-level language model after Bengio et al. (*A neural probabilistic language model*, JMLR
+    2003): the ``context`` bytes before a position ``(N, context)`` (indices into ``vocab`` bytes), each
+    embedded in ``embed`` numbers, concatenated, one hidden layer of ``hidden`` units with a LayerNorm
+    and GELU (:meth:`features`, ``(N, hidden)``), and a linear read-out :attr:`head` to the logits
+    ``(N, vocab)``. Training takes the loss from :meth:`features` and :attr:`head`'s parameters with
+    :func:`dmcore.linear_edf.linear_edf_loss`, without forming the logits."""
+
+    def __init__(self, vocab: int, context: int = 32, embed: int = 16, hidden: int = 256):
+        super().__init__()
+        self.context = context
+        self.embed = nn.Embedding(vocab, embed)
+        self.hidden = nn.Linear(context * embed, hidden)
+        self.norm = nn.LayerNorm(hidden)
+        self.head = nn.Linear(hidden, vocab)
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() != 2 or x.shape[1] != self.context or x.dtype != torch.long:
+            raise ValueError(f"ByteMLP takes (N, {self.context}) int64 byte indices, got {tuple(x.shape)} {x.dtype}")
+        return F.gelu(self.norm(self.hidden(self.embed(x).flatten(1))))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x))
+
+
 def build(name: str, num_classes: int, in_features: int | None = None) -> nn.Module:
     """A model by name: ``mnist1d_cnn`` (25 channels), ``mnist1d_cnn_w48`` (48 channels, or any other
     width after ``_w``), ``fashion_cnn`` (:class:`FashionCNN`, 16 channels; ``fashion_cnn_w32``: 32),
-    ``mlp`` (needs ``in_features``), ``resnet20``, ``resnet44``, ``resnet56``."""
+    ``mlp`` (needs ``in_features``), ``resnet20``, ``resnet44``, ``resnet56``, ``byte_mlp``
+    (:class:`ByteMLP`, ``num_classes`` bytes, a context of ``in_features`` bytes, default 32)."""
     width = re.fullmatch(r"mnist1d_cnn(?:_w([1-9][0-9]*))?", name)
     if width:
         return MNIST1DCNN(num_classes, channels=int(width.group(1) or 25))
@@ -355,5 +381,7 @@ def build(name: str, num_classes: int, in_features: int | None = None) -> nn.Mod
         return MLP(in_features, num_classes)
     if name in ("resnet20", "resnet44", "resnet56"):
         return CifarResNet(int(name[6:]), num_classes)
+    if name == "byte_mlp":
+        return ByteMLP(num_classes, **({} if in_features is None else {"context": in_features}))
     raise ValueError(f"unknown model {name!r}; expected mnist1d_cnn, mnist1d_cnn_w<channels>, fashion_cnn, "
-                     "fashion_cnn_w<channels>, mlp, resnet20, resnet44 or resnet56")
+                     "fashion_cnn_w<channels>, mlp, resnet20, resnet44, resnet56 or byte_mlp")

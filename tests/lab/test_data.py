@@ -257,7 +257,7 @@ def test_fashion_mnist_names(tmp_path, monkeypatch):
     assert data.parse_name("fashion-mnist-val0.2") == ("fashion-mnist", None, None, "0.2", None)
     assert data.parse_name("fashion-mnist-lt10-val0.2") == ("fashion-mnist", None, "10", "0.2", None)
     for bad in ("fashion-mnist-fresh", "fashion-mnist-val0.2-fresh", "fashion-mnist-40k", "fashion_mnist"):
-        with pytest.raises(ValueError, match=f"unknown dataset {bad!r}: expected .* or fashion-mnist"):
+        with pytest.raises(ValueError, match=f"unknown dataset {bad!r}: expected .* fashion-mnist"):
             data.parse_name(bad)
     write_fashion(tmp_path / "files", n_train=50, n_test=10)
     monkeypatch.setattr(data, "FASHION_MNIST_ROOT", tmp_path / "files")   # the default folder, here a tiny set

@@ -52,7 +52,7 @@ def test_every_experiment_is_well_defined(root):
                    for x in e.runs), f"{name}: every configuration has every seed"
         for loss in e.losses:
             train.parse_loss(loss)
-        assert 1 <= e.sample <= len(e.runs) and e.trainer in ("train", "alignment")
+        assert 1 <= e.sample <= len(e.runs) and e.trainer in experiments.TRAINERS
     with pytest.raises(ValueError, match="unknown experiment 'nope'"):
         experiments.get("nope")
 

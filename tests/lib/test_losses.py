@@ -264,6 +264,32 @@ class TestMSELoss(ClosedFormTester):
     natural, uniform = (edf.mse(), {}), ({}, 0.5625)
 
 
+class TestDFTLoss(ClosedFormTester):
+    function, module = staticmethod(losses.dft_loss), losses.DFTLoss
+    natural, uniform = (edf.dft(), {}), ({}, math.log(4) / 4)
+
+    @pytest.mark.parametrize("reduction", REDUCTIONS)
+    def test_gradcheck(self, reduction, make_batch):
+        """The stop-gradient makes DFT's gradient no derivative of its value: it is gradchecked as MAE's,
+        whose value's derivative it equals (class weights, ignored targets and every reduction)."""
+        logits, target = make_batch((6, 4, 2), seed=7, scale=1.0)
+        kw = dict(weight=torch.rand(4, dtype=torch.float64) + 0.5, reduction=reduction)
+        upstream = torch.rand(losses.mae_loss(logits, target, **kw).shape, dtype=torch.float64)
+        dft, = torch.autograd.grad(losses.DFTLoss(**kw)(logits, target), logits, upstream)
+        mae, = torch.autograd.grad(losses.MAELoss(**kw)(logits, target), logits, upstream)
+        torch.testing.assert_close(dft, mae, rtol=1e-12, atol=1e-15)
+        assert torch.autograd.gradcheck(lambda x: losses.MAELoss(**kw)(x, target), (logits,))
+
+    def test_gradient_is_maes_and_value_is_the_scaled_cross_entropy(self, make_batch):
+        logits, target = make_batch((6, 5), ignore_every=0)
+        p = logits.softmax(1).gather(1, target[:, None]).squeeze(1)
+        value = losses.dft_loss(logits, target, reduction="none")
+        torch.testing.assert_close(value, -p.detach() * p.log(), rtol=1e-12, atol=0)
+        dft, = torch.autograd.grad(value.sum(), logits)
+        mae, = torch.autograd.grad(losses.mae_loss(logits, target, reduction="sum"), logits)
+        torch.testing.assert_close(dft, mae, rtol=1e-12, atol=1e-15)
+
+
 class TestGCELoss(ClosedFormTester):
     function, module = staticmethod(losses.gce_loss), losses.GCELoss
     settings, gradcheck_params = [{}, {"q": 0.4}], {"q": 0.6}

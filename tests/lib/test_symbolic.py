@@ -41,6 +41,8 @@ def torch_loss(name, logits, target):
         return SCE[0] * -torch.log(p_y) + SCE[1] * -(prob * (1 - one_hot) * A).sum(dim=1)
     if name == "poly1":
         return -torch.log(p_y) + EPSILON * (1 - p_y)
+    if name == "dft":   # the token's cross-entropy scaled by its probability, held constant
+        return -p_y.detach() * torch.log(p_y)
     raise KeyError(name)
 
 
@@ -87,6 +89,7 @@ def test_derived_weights_are_the_papers_table():
         "mae_imae": 4 * p * (1 - p),
         "mse": 4 * p * (1 - p) ** 2,
         "gce": 2 * p**q * (1 - p),
+        "dft": 2 * p * (1 - p),     # MAE's weight: DFT and MAE differ in value, not in gradient
     }
     for name, w in expected.items():
         assert sp.simplify(symbolic.derivative_magnitude(name) - w) == 0, name
