@@ -68,6 +68,15 @@ def _predict(net, x: torch.Tensor) -> torch.Tensor:
     return torch.cat([net(x[i:i + _EVAL_CHUNK]) for i in range(0, len(x), _EVAL_CHUNK)])
 
 
+def _mini_batches(n: int, size: int, order: torch.Generator):
+    """Each step's positions ``(size)``: a permutation of the ``n`` training positions per epoch (drawn from
+    ``order``), taken in consecutive batches; a last partial batch is left out."""
+    while True:
+        perm = torch.randperm(n, generator=order)
+        for position in range(n // size):
+            yield perm[position * size:(position + 1) * size]
+
+
 def _measure(net, dataset: Dataset, fit_x, fit_observed, fit_clean, fit_noisy, val_observed) -> dict:
     net.eval()
     with torch.no_grad():
@@ -106,36 +115,29 @@ def _train_one(model: str, dataset: Dataset, run: train.Run, protocol: train.Pro
                                  weight_decay=protocol.weight_decay)
     milestones = sorted({round(f * protocol.steps) for f in protocol.milestones})
     scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones, gamma=0.1)
-    order = torch.Generator().manual_seed(10_000 + run.seed)
-    n, size = len(noisy.labels), protocol.batch_size
-    history, diverged, step = [], None, 0
-    while step <= protocol.steps:
-        perm = torch.randperm(n, generator=order)
-        for position in range(n // size):
-            if step % protocol.eval_every == 0 or step == protocol.steps:
-                try:
-                    row = _measure(net, dataset, *fit, val_observed)
-                except FloatingPointError:
-                    diverged = step
-                    break
-                history.append({"step": step, **row})
-            if step == protocol.steps:
-                break
-            batch = perm[position * size:(position + 1) * size]
-            loss = linear_edf_loss(net.features(dataset.x_train[batch]), net.head.weight, noisy.labels[batch], weight,
-                                   bias=net.head.bias, normalizer=normalizer, eps=eps)
-            if not bool(torch.isfinite(loss)):
+    batches = _mini_batches(len(noisy.labels), protocol.batch_size, torch.Generator().manual_seed(10_000 + run.seed))
+    history, diverged = [], None
+    for step in range(protocol.steps + 1):
+        if step % protocol.eval_every == 0 or step == protocol.steps:
+            try:
+                history.append({"step": step, **_measure(net, dataset, *fit, val_observed)})
+            except FloatingPointError:
                 diverged = step
                 break
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            scheduler.step()
-            step += 1
-            if progress is not None:
-                progress(step)
-        if diverged is not None or step == protocol.steps:
+        if step == protocol.steps:
             break
+        batch = next(batches)
+        loss = linear_edf_loss(net.features(dataset.x_train[batch]), net.head.weight, noisy.labels[batch], weight,
+                               bias=net.head.bias, normalizer=normalizer, eps=eps)
+        if not bool(torch.isfinite(loss)):
+            diverged = step
+            break
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        scheduler.step()
+        if progress is not None:
+            progress(step + 1)
     if diverged is not None:
         keys = [k for k in history[0] if k != "step"] if history else ["test_acc"]
         done = {h["step"] for h in history}

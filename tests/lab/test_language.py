@@ -108,6 +108,13 @@ def test_a_run_is_its_own_and_is_recorded_at_every_evaluation(tiny):
     assert history[-1]["test_acc"] > 0.2                                           # 6 letters: it learns something
 
 
+def test_the_last_step_is_evaluated_when_it_ends_an_epoch(tiny):
+    epoch = len(tiny.y_train) // 16
+    protocol = train.Protocol(steps=epoch, batch_size=16, lr=0.01, weight_decay=0.0, eval_every=50)
+    (result,) = language.train_runs("byte_mlp", tiny, [train.Run("cce", "symmetric", 0.3, 0, 0.01)], protocol)
+    assert [h["step"] for h in result["history"]] == [0, 50, epoch]
+
+
 def test_the_trainer_refuses_what_it_cannot_train(tiny):
     with pytest.raises(ValueError, match="byte-level model on the CPU"):
         language.train_runs("mlp", tiny, [train.Run("cce")], PROTOCOL)
