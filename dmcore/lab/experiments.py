@@ -185,8 +185,17 @@ TOKEN_LRS = (0.001, 0.003, 0.01)
 TOKEN_NOISE = (("symmetric", (0.0, 0.3, 0.6)),)
 TOKEN = {"corpus": "python-source", "small": "python-source-small"}
 TOKEN_PROTOCOL = train.Protocol(steps=1000, batch_size=256, lr=0.003, weight_decay=0.0, eval_every=125)
-#: The learning rates the criteria's widening rule added, per record key: ``{(loss, noise, rate): rates}``.
-TOKEN_WIDENED: dict = {"corpus": {}, "small": {}}
+#: The learning rates the criteria's widening rule added, per record key: ``{(loss, noise, rate): rates}``,
+#: each round of the rule one session (a key's rates in the order of the rounds that added them).
+#: Round 1: CCE and every DM setting at the upper edge (0.01) in the corpus record; in the small record CCE
+#: under noise and DFT on clean text at the lower edge (0.001), DM's settings at the upper edge.
+_TOKEN_RATES = (0.0, 0.3, 0.6)
+TOKEN_WIDENED: dict = {
+    "corpus": {(loss, "symmetric", r): (0.03,) for loss in ("cce",) + WHICH_DM for r in _TOKEN_RATES},
+    "small": {("cce", "symmetric", 0.3): (0.0003,), ("cce", "symmetric", 0.6): (0.0003,),
+              ("dft", "symmetric", 0.0): (0.0003,),
+              **{(loss, "symmetric", r): (0.03,) for loss in WHICH_DM[:2] for r in _TOKEN_RATES},
+              ("dm:lam=2,beta=12", "symmetric", 0.0): (0.03,)}}
 #: The other emphasis density functions of the DM paper, two settings each.
 EDF_FAMILIES = ("normal:psi=0.25,beta=8", "normal:psi=0.75,beta=8", "exponential:beta=2", "exponential:beta=-2",
                 "beta:alpha=2,eta=3", "beta:alpha=4,eta=2")
