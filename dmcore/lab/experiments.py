@@ -350,7 +350,7 @@ EXPERIMENTS: dict[str, Experiment] = _define()
 #: Their records are committed as their sessions finish (training may take several invocations, and nothing
 #: trained is lost), each holding part of the runs; ``make experiments`` resumes from them when they are
 #: copied into the scratch folder. An experiment leaves this set in the commit that completes its record.
-PENDING = frozenset({"token-weighting-corpus", "token-weighting-small"})
+PENDING = frozenset()
 
 
 def get(name) -> Experiment:

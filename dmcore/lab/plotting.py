@@ -31,6 +31,7 @@ COLORS = {
     "sce": "#9467BD",
     "nce+rce": "#8C564B",
     "poly1": "#7F7F7F",
+    "dft": "#882255",
 }
 
 #: Display name of each weighting scheme.
@@ -45,6 +46,7 @@ LABELS = {
     "sce": "SCE",
     "nce+rce": "NCE+RCE",
     "poly1": "Poly-1",
+    "dft": "DFT",
 }
 
 _STYLE = {

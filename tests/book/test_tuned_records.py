@@ -4,7 +4,7 @@ trained at (a choice there would leave the tuning unfinished)."""
 
 import dataclasses
 
-from dmcore.lab import criteria, experiments, judge, panel, procedures, records as records_module, regime
+from dmcore.lab import criteria, experiments, judge, panel, procedures, records as records_module, regime, token_weighting
 
 
 def test_the_fair_record_has_no_choice_at_an_edge(root):
@@ -139,5 +139,36 @@ def test_the_which_weighting_widening_check_can_fail(root):
     each record's second session trained."""
     plan, parts = _which_sessions(root)
     asked = procedures.Procedures.load(plan, root / "book" / "records", registered=True).widening()
+    assert asked != {}
+    assert asked == {name: _trained_in(results, 1) for name, results in parts.items() if len(results.provenance) > 1}
+
+
+def _token_sessions(root):
+    """The token-weighting plan and its records."""
+    records = root / "book" / "records"
+    plan = criteria.load("token-weighting-corpus", records)
+    return plan, experiments.load_plan(plan, records)
+
+
+def test_the_token_weighting_widening_is_finished_and_each_round_trained_what_it_asked(root):
+    """Token weighting: the rule asks for nothing on the book's records, and replayed record by record and
+    round by round (each round one session), the learning rates each round added are exactly those the rule
+    asked for, read from the record's runs trained before it (a record's choices read its own runs alone)."""
+    plan, parts = _token_sessions(root)
+    assert token_weighting.TokenWeighting(parts, plan).widening() == {}
+    for name, results in parts.items():
+        for k in range(1, len(results.provenance)):
+            before = {run for s in results.provenance[:k] for run in s["runs"]}
+            view = records_module.Results(dataclasses.replace(results.experiment, runs=tuple(
+                r for r in results.experiment.runs if r.run_id in before)), results.folder)
+            asked = token_weighting.TokenWeighting({**parts, name: view}, plan).widening().get(name, {})
+            assert _trained_in(results, k) == asked, (name, k)
+
+
+def test_the_token_weighting_widening_check_can_fail(root):
+    """The records as registered (their first sessions alone): the rule asks for something, exactly what
+    each record's second session trained."""
+    plan, parts = _token_sessions(root)
+    asked = token_weighting.TokenWeighting.load(plan, root / "book" / "records", registered=True).widening()
     assert asked != {}
     assert asked == {name: _trained_in(results, 1) for name, results in parts.items() if len(results.provenance) > 1}
