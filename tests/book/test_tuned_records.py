@@ -4,6 +4,8 @@ trained at (a choice there would leave the tuning unfinished)."""
 
 import dataclasses
 
+import pytest
+
 from dmcore.lab import criteria, experiments, judge, panel, procedures, records as records_module, regime, token_weighting
 
 
@@ -119,6 +121,14 @@ def _trained_in(results, k):
     return {(r.loss, r.noise, r.rate): r.lr for r in results.experiment.runs if r.run_id in results.provenance[k]["runs"]}
 
 
+def _views_before(results):
+    """For each later session ``k`` of a record: ``k`` and the record as the sessions before it left it."""
+    for k in range(1, len(results.provenance)):
+        before = {run for s in results.provenance[:k] for run in s["runs"]}
+        yield k, records_module.Results(dataclasses.replace(results.experiment, runs=tuple(
+            r for r in results.experiment.runs if r.run_id in before)), results.folder)
+
+
 def test_the_which_weighting_widening_is_finished_and_each_round_trained_what_it_asked(root):
     """Which weighting, when: the rule asks for nothing on the book's records, and replayed record by record
     and round by round (each round one session), the learning rates each round added are exactly those
@@ -126,21 +136,9 @@ def test_the_which_weighting_widening_is_finished_and_each_round_trained_what_it
     plan, parts = _which_sessions(root)
     assert procedures.Procedures(parts, plan).widening() == {}
     for name, results in parts.items():
-        for k in range(1, len(results.provenance)):
-            before = {run for s in results.provenance[:k] for run in s["runs"]}
-            view = records_module.Results(dataclasses.replace(results.experiment, runs=tuple(
-                r for r in results.experiment.runs if r.run_id in before)), results.folder)
+        for k, view in _views_before(results):
             assert _trained_in(results, k) == procedures.Procedures({name: view}, plan).widening().get(name, {}), \
                 (name, k)
-
-
-def test_the_which_weighting_widening_check_can_fail(root):
-    """The records as registered (their first sessions alone): the rule asks for something, exactly what
-    each record's second session trained."""
-    plan, parts = _which_sessions(root)
-    asked = procedures.Procedures.load(plan, root / "book" / "records", registered=True).widening()
-    assert asked != {}
-    assert asked == {name: _trained_in(results, 1) for name, results in parts.items() if len(results.provenance) > 1}
 
 
 def _token_sessions(root):
@@ -157,18 +155,18 @@ def test_the_token_weighting_widening_is_finished_and_each_round_trained_what_it
     plan, parts = _token_sessions(root)
     assert token_weighting.TokenWeighting(parts, plan).widening() == {}
     for name, results in parts.items():
-        for k in range(1, len(results.provenance)):
-            before = {run for s in results.provenance[:k] for run in s["runs"]}
-            view = records_module.Results(dataclasses.replace(results.experiment, runs=tuple(
-                r for r in results.experiment.runs if r.run_id in before)), results.folder)
+        for k, view in _views_before(results):
             asked = token_weighting.TokenWeighting({**parts, name: view}, plan).widening().get(name, {})
             assert _trained_in(results, k) == asked, (name, k)
 
 
-def test_the_token_weighting_widening_check_can_fail(root):
+@pytest.mark.parametrize("sessions, claims", [(_which_sessions, procedures.Procedures),
+                                              (_token_sessions, token_weighting.TokenWeighting)],
+                         ids=["which-weighting", "token-weighting"])
+def test_the_widening_check_can_fail(root, sessions, claims):
     """The records as registered (their first sessions alone): the rule asks for something, exactly what
     each record's second session trained."""
-    plan, parts = _token_sessions(root)
-    asked = token_weighting.TokenWeighting.load(plan, root / "book" / "records", registered=True).widening()
+    plan, parts = sessions(root)
+    asked = claims.load(plan, root / "book" / "records", registered=True).widening()
     assert asked != {}
     assert asked == {name: _trained_in(results, 1) for name, results in parts.items() if len(results.provenance) > 1}
